@@ -1,0 +1,91 @@
+"""How the hub's messages reach sockets: one interface, one implementation per reach.
+
+The hub publishes every emit and disconnect through a `Backplane` and gets them back
+through the `deliver` callback it registered, including its own messages. `LocalBackplane`
+does that in-process; a pub/sub implementation can carry the same messages between
+processes without the hub changing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Union
+
+from .rooms import Rooms
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Send `frame` (already serialized) to the sockets of `room` (all if None) but `skip`."""
+
+    frame: str
+    room: str | None = None
+    skip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close every socket of `room` with `code`."""
+
+    room: str
+    code: int
+    reason: str
+
+
+Message = Union[Emit, Disconnect]
+Deliver = Callable[[Message], Awaitable[None]]
+
+
+class Backplane(ABC):
+    """Carries messages to every hub that shares it, and counts room members across them."""
+
+    @abstractmethod
+    async def start(self, deliver: Deliver, rooms: Rooms) -> None:
+        """Begin delivering published messages to `deliver`; `rooms` is this process's."""
+
+    @abstractmethod
+    async def publish(self, message: Message) -> None:
+        """Deliver `message` to every hub, this one included."""
+
+    @abstractmethod
+    async def joined(self, room: str, socket_id: str) -> None:
+        """Record that a socket of this process joined `room`."""
+
+    @abstractmethod
+    async def left(self, room: str, socket_id: str) -> None:
+        """Record that a socket of this process left `room` (or closed)."""
+
+    @abstractmethod
+    async def count(self, room: str) -> int:
+        """How many sockets are in `room`, in every process."""
+
+    async def stop(self) -> None:
+        """Stop delivering and release resources."""
+
+
+class LocalBackplane(Backplane):
+    """Everything in this process: a publish is a direct call, a count is a set's size."""
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+        self._rooms: Rooms | None = None
+
+    async def start(self, deliver: Deliver, rooms: Rooms) -> None:
+        self._deliver = deliver
+        self._rooms = rooms
+
+    async def publish(self, message: Message) -> None:
+        if self._deliver is None:
+            raise RuntimeError("the backplane is not started: call `await hub.start()` first")
+        await self._deliver(message)
+
+    async def joined(self, room: str, socket_id: str) -> None:
+        pass
+
+    async def left(self, room: str, socket_id: str) -> None:
+        pass
+
+    async def count(self, room: str) -> int:
+        assert self._rooms is not None
+        return self._rooms.count(room)

@@ -1,0 +1,32 @@
+"""Wire codes shared by the codec, the errors and the transport (protocol.md, "Codes")."""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """Why the server closed a websocket (protocol.md, "Close codes")."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    LOGGED_OUT = 4001
+    SESSION_EXPIRED = 4002
+    SESSION_REPLACED = 4003
+    UNAUTHORIZED = 4401
+    TOO_SLOW = 4408
+
+
+class ErrorCode(str, enum.Enum):
+    """The `code` of an `error` event or an error ack (protocol.md, "Error codes")."""
+
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_EVENT = "unknown_event"
+    INVALID_DATA = "invalid_data"
+    FORBIDDEN = "forbidden"
+    SESSION_READ_ONLY = "session_read_only"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"

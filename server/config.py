@@ -1,0 +1,164 @@
+"""Settings of the server: every option of `python run.py --help`, each with an env variable."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from cryptography.fernet import Fernet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    session_max_age: int = 86400
+    allowed_origins: tuple[str, ...] = ()
+    max_message_size: int = 1 << 20
+    secure_cookies: bool = False
+    heartbeat: float = 25.0
+    log_level: str = "info"
+    session_check_interval: float = 15.0
+    rate_limit: float = 0.0
+    send_limit: int = 1 << 20
+    instance_ttl: float = 10.0
+    cookie_name: str = "session"
+    session_key: str | None = None
+    session_key_file: str = ".session_key"
+    users: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _users(value: str) -> dict[str, str]:
+    users = {}
+    for pair in value.split(","):
+        name, sep, password = pair.strip().partition(":")
+        if not sep or not name or not password:
+            raise argparse.ArgumentTypeError(f"DEMO_USERS wants name:password pairs separated by commas, not {pair!r}")
+        users[name] = password
+    return users
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from command-line options, falling back to environment variables."""
+    env = environ.get
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="run.py",
+        description="Serve the demo app: websockets that share the session of the HTTP routes.",
+        epilog="Each option can also be set by the environment variable shown in capitals.",
+    )
+    p.add_argument("--host", default=env("HOST", d.host), help="HOST: interface to listen on (%(default)s)")
+    p.add_argument("--port", type=int, default=int(env("PORT", d.port)), help="PORT (%(default)s)")
+    p.add_argument("--redis", dest="redis_url", metavar="URL", default=env("REDIS_URL") or None,
+                   help="REDIS_URL: keep sessions in Redis (e.g. redis://127.0.0.1:6379/0); "
+                        "unset: encrypted cookies")
+    p.add_argument("--session-max-age", type=int, metavar="SECONDS",
+                   default=int(env("SESSION_MAX_AGE", d.session_max_age)),
+                   help="SESSION_MAX_AGE: a session ends this long after login (%(default)s)")
+    p.add_argument("--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
+                   help="ALLOWED_ORIGINS (comma-separated): another origin, exactly scheme://host[:port], "
+                        "that may open sockets and call the API with credentials; repeatable")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES",
+                   default=int(env("MAX_MESSAGE_SIZE", d.max_message_size)),
+                   help="MAX_MESSAGE_SIZE: larger frames close the socket with 1009 (%(default)s)")
+    p.add_argument("--secure-cookies", action="store_true", default=_flag(env("SECURE_COOKIES")),
+                   help="SECURE_COOKIES=1: mark the session cookie Secure (when served over HTTPS)")
+    p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=float(env("HEARTBEAT", d.heartbeat)),
+                   help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
+    p.add_argument("--log-level", default=env("LOG_LEVEL", d.log_level),
+                   choices=["debug", "info", "warning", "error"], type=str.lower, help="LOG_LEVEL (%(default)s)")
+    p.add_argument("--session-check-interval", type=float, metavar="SECONDS",
+                   default=float(env("SESSION_CHECK_INTERVAL", d.session_check_interval)),
+                   help="SESSION_CHECK_INTERVAL: how often idle sockets' sessions are checked for "
+                        "expiry and logout (%(default)s)")
+    p.add_argument("--rate-limit", type=float, metavar="EVENTS", default=float(env("RATE_LIMIT", d.rate_limit)),
+                   help="RATE_LIMIT: events per second per socket, bursts of twice that (%(default)s; 0: off)")
+    p.add_argument("--send-limit", type=int, metavar="BYTES", default=int(env("SEND_LIMIT", d.send_limit)),
+                   help="SEND_LIMIT: bytes waiting for a client that does not read before it is "
+                        "closed with 4408 (%(default)s)")
+    p.add_argument("--instance-ttl", type=float, metavar="SECONDS",
+                   default=float(env("INSTANCE_TTL", d.instance_ttl)),
+                   help="INSTANCE_TTL: with --redis, a crashed process's sockets stop counting in "
+                        "room sizes after this long (%(default)s)")
+    args = p.parse_args(argv)
+
+    origins = args.allowed_origins
+    if origins is None:
+        origins = [o.strip() for o in env("ALLOWED_ORIGINS", "").split(",") if o.strip()]
+    for origin in origins:
+        if "://" not in origin or origin.endswith("/"):
+            p.error(f"--allowed-origin wants scheme://host[:port] exactly, not {origin!r}")
+    try:
+        users = _users(env("DEMO_USERS")) if env("DEMO_USERS") else dict(DEFAULT_USERS)
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    return Settings(
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        session_max_age=args.session_max_age,
+        allowed_origins=tuple(origins),
+        max_message_size=args.max_message_size,
+        secure_cookies=args.secure_cookies,
+        heartbeat=args.heartbeat,
+        log_level=args.log_level,
+        session_check_interval=args.session_check_interval,
+        rate_limit=args.rate_limit,
+        send_limit=args.send_limit,
+        instance_ttl=args.instance_ttl,
+        session_key=env("SESSION_KEY") or None,
+        session_key_file=env("SESSION_KEY_FILE", d.session_key_file),
+        users=users,
+    )
+
+
+def load_fernet(settings: Settings) -> Fernet:
+    """The cookie encryption key: SESSION_KEY, else a key file, created (mode 0600) if missing.
+
+    Raises:
+        ValueError: the key is not a urlsafe-base64 Fernet key.
+    """
+    if settings.session_key:
+        return _fernet(settings.session_key, "SESSION_KEY")
+    path = Path(settings.session_key_file)
+    try:
+        return _fernet(path.read_text().strip(), str(path))
+    except FileNotFoundError:
+        pass
+    key = Fernet.generate_key()
+    # O_EXCL: two processes starting at once must not overwrite each other's key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _fernet(path.read_text().strip(), str(path))
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    log.warning("SESSION_KEY is not set: generated a session key and kept it in %s (mode 0600) "
+                "so restarts keep everyone logged in", path.resolve())
+    return Fernet(key)
+
+
+def _fernet(key: str, source: str) -> Fernet:
+    try:
+        if len(base64.urlsafe_b64decode(key)) != 32:
+            raise ValueError
+        return Fernet(key)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"{source} must hold a Fernet key (32 bytes in urlsafe base64), "
+                         "e.g. from: python -c 'from cryptography.fernet import Fernet; "
+                         "print(Fernet.generate_key().decode())'") from None

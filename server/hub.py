@@ -1,0 +1,231 @@
+"""The hub: event handlers, middlewares, rooms, and emitting from anywhere.
+
+    hub = Hub(sessions)
+    hub.use(reload_session)
+
+    @hub.on("chat")
+    async def chat(socket, data):
+        await hub.emit("chat", data, room=data["room"])
+        return {"ok": True}          # the ack's data
+
+The hub knows nothing of aiohttp's websockets (that is `transport.py`) nor of any app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Awaitable, Callable, Iterable
+
+from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
+from .codes import CloseCode
+from .errors import CloseConnection, Forbidden, InvalidData, Unauthorized, UnknownEvent
+from .protocol import EVENT_NAME, Event, encode_event
+from .rooms import Rooms
+from .sessions import SessionBridge, session_tag
+from .sockets import Socket
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Socket, Any], Awaitable[Any]]
+Next = Callable[[Socket, Event], Awaitable[Any]]
+Middleware = Callable[[Socket, Event, Next], Awaitable[Any]]
+ConnectMiddleware = Callable[[Socket], Awaitable[None]]
+
+# Rooms the hub puts every socket in; sockets cannot join or leave them.
+PRIVATE_PREFIXES = ("session:", "user:")
+
+
+def session_room(session: Any) -> str | None:
+    """The private room of one browser session (a hash: it reveals no session identity)."""
+    tag = session_tag(session)
+    return None if tag is None else f"session:{tag}"
+
+
+def user_room(user_id: Any) -> str:
+    """The private room of every socket of one user."""
+    return f"user:{user_id}"
+
+
+async def require_user(socket: Socket) -> None:
+    """Connect middleware: only a logged-in session may connect (else close 4401)."""
+    if socket.user is None:
+        raise Unauthorized()
+
+
+async def reload_session(socket: Socket, event: Event, call_next: Next) -> Any:
+    """Middleware: reload the session before every handler; close 4001/4002 if it ended."""
+    await socket.reload_session()
+    return await call_next(socket, event)
+
+
+class Hub:
+    """Routes incoming events to handlers and outgoing emits to sockets."""
+
+    def __init__(
+        self,
+        sessions: SessionBridge,
+        *,
+        backplane: Backplane | None = None,
+        connect: Iterable[ConnectMiddleware] = (require_user,),
+        session_check_interval: float = 15.0,
+    ) -> None:
+        self.sessions = sessions
+        self.backplane = backplane or LocalBackplane()
+        self.rooms: Rooms[Socket] = Rooms()
+        self.sockets: dict[str, Socket] = {}
+        self.session_check_interval = session_check_interval
+        self._handlers: dict[str, Handler] = {}
+        self._middlewares: list[Middleware] = []
+        self._connect = list(connect)
+        self._chain: Next = self._call_handler
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- registration ----------------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[Handler], Handler]:
+        """Register the handler of `event`; its return value becomes the ack's data."""
+        if EVENT_NAME.fullmatch(event) is None:
+            raise ValueError(f"event names are 1 to 64 characters of A-Za-z0-9_.:-, not {event!r}")
+
+        def register(handler: Handler) -> Handler:
+            self._handlers[event] = handler
+            return handler
+
+        return register
+
+    def use(self, middleware: Middleware) -> Middleware:
+        """Run `middleware(socket, event, call_next)` around every handler, in `use` order."""
+        self._middlewares.append(middleware)
+        chain: Next = self._call_handler
+        for outer in reversed(self._middlewares):
+            chain = functools.partial(outer, call_next=chain)
+        self._chain = chain
+        return middleware
+
+    def on_connect(self, middleware: ConnectMiddleware) -> ConnectMiddleware:
+        """Run `middleware(socket)` before a socket is accepted; raise CloseConnection to refuse."""
+        self._connect.append(middleware)
+        return middleware
+
+    # -- the life of a socket (called by the transport) --------------------------------
+
+    async def admit(self, socket: Socket) -> None:
+        """Run the connect middlewares. Raises CloseConnection to refuse the socket."""
+        for middleware in self._connect:
+            await middleware(socket)
+
+    async def add(self, socket: Socket) -> None:
+        """Register an accepted socket and put it in its private rooms."""
+        self.sockets[socket.id] = socket
+        room = session_room(socket.session)
+        if room is not None:
+            await self._join(socket, room)
+        if socket.user is not None:
+            await self._join(socket, user_room(socket.user["id"]))
+
+    async def remove(self, socket: Socket) -> None:
+        """Forget a closed socket and take it out of every room."""
+        self.sockets.pop(socket.id, None)
+        for room in self.rooms.remove(socket):
+            if not room.startswith(PRIVATE_PREFIXES):
+                await self.backplane.left(room, socket.id)
+
+    async def dispatch(self, socket: Socket, event: Event) -> Any:
+        """Run the handler of `event` through the middlewares; returns the ack's data."""
+        if event.event not in self._handlers:
+            raise UnknownEvent(f"no handler for event {event.event!r}")
+        return await self._chain(socket, event)
+
+    async def _call_handler(self, socket: Socket, event: Event) -> Any:
+        return await self._handlers[event.event](socket, event.data)
+
+    # -- rooms -----------------------------------------------------------------------
+
+    async def join(self, socket: Socket, room: str) -> None:
+        _check_room(room)
+        await self._join(socket, room)
+
+    async def leave(self, socket: Socket, room: str) -> None:
+        _check_room(room)
+        if self.rooms.discard(room, socket):
+            await self.backplane.left(room, socket.id)
+
+    async def count(self, room: str) -> int:
+        """How many sockets are in `room` (in every process that shares the backplane)."""
+        return await self.backplane.count(room)
+
+    async def _join(self, socket: Socket, room: str) -> None:
+        # Private rooms are never counted, so they cost the backplane nothing.
+        if self.rooms.add(room, socket) and not room.startswith(PRIVATE_PREFIXES):
+            try:
+                await self.backplane.joined(room, socket.id)
+            except Exception:
+                self.rooms.discard(room, socket)
+                raise
+
+    # -- emitting (from handlers, HTTP routes, anywhere) ---------------------------------
+
+    async def emit(self, event: str, data: Any = None, *, room: str | None = None,
+                   skip: Socket | None = None) -> None:
+        """Send an event to every socket in `room` (everyone if None), except `skip`."""
+        frame = encode_event(event, data)  # once per emit, whatever the number of recipients
+        await self.backplane.publish(Emit(frame, room, None if skip is None else skip.id))
+
+    async def disconnect_session(self, session: Any, code: int = CloseCode.LOGGED_OUT,
+                                 reason: str | None = None) -> None:
+        """Close every socket of a browser session (e.g. from the logout route)."""
+        room = session_room(session)
+        if room is not None:
+            await self.backplane.publish(Disconnect(room, int(code), reason or _reason(code)))
+
+    async def _deliver(self, message: Message) -> None:
+        if type(message) is Emit:
+            targets = self.sockets.values() if message.room is None else self.rooms.members(message.room)
+            skip = message.skip
+            for socket in list(targets):
+                if socket.id != skip:
+                    await socket.send_frame(message.frame)
+        elif type(message) is Disconnect:
+            for socket in list(self.rooms.members(message.room)):
+                socket.close_soon(message.code, message.reason)
+
+    # -- running ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backplane.start(self._deliver, self.rooms)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Close every socket with `code` (1001 by default) and stop background work."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for socket in list(self.sockets.values()):
+            socket.close_soon(code, reason)
+        await self.backplane.stop()
+
+    async def _sweep(self) -> None:
+        # Closes idle sockets whose session ended: a busy one learns it from reload_session.
+        while True:
+            await asyncio.sleep(self.session_check_interval)
+            try:
+                sockets = {id(s.handle): s for s in self.sockets.values() if not s.closed}
+                for handle, ended in await self.sessions.check(s.handle for s in sockets.values()):
+                    sockets[id(handle)].close_soon(ended.code, ended.reason)
+            except Exception:
+                log.exception("session check failed; retrying in %s s", self.session_check_interval)
+
+
+def _check_room(room: Any) -> None:
+    if type(room) is not str or not room:
+        raise InvalidData("a room name must be a non-empty string")
+    if room.startswith(PRIVATE_PREFIXES):
+        raise Forbidden("private session and user rooms cannot be joined or left")
+
+
+def _reason(code: int) -> str:
+    for cls in CloseConnection.__subclasses__():
+        if cls.code == code:
+            return cls.reason
+    return "closed"

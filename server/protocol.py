@@ -1,0 +1,118 @@
+"""Sans-I/O codec of wire protocol v1 (protocol.md, "Frames").
+
+It parses one text frame into an `Event` or an `Ack` and serializes the frames the server
+sends. It knows nothing of aiohttp or asyncio, so a client can reuse it as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .codes import ErrorCode
+from .errors import BadFrame
+
+# Ids travel through JavaScript clients, whose integers are exact only up to 2**53 - 1.
+MAX_ID = 2**53 - 1
+EVENT_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A named event; `id` is set when the sender wants an ack."""
+
+    event: str
+    data: Any = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to an event that carried `id`; `error` is set for an error ack."""
+
+    ack: int
+    data: Any = None
+    error: dict[str, str] | None = None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def is_valid_id(value: Any) -> bool:
+    return type(value) is int and 0 < value <= MAX_ID
+
+
+def parse_frame(text: str) -> Event | Ack:
+    """Parse one text frame.
+
+    Raises:
+        BadFrame: the frame is not a JSON object of protocol v1. Its `id` is set when the
+            frame carried a valid `id`, so the problem can be answered with an error ack.
+    """
+    try:
+        frame = _decode(text)
+    except ValueError:
+        raise BadFrame("frame is not valid JSON") from None
+    if type(frame) is not dict:
+        raise BadFrame("frame must be a JSON object")
+
+    if "ack" in frame:
+        return _parse_ack(frame)
+
+    id = frame.get("id")
+    if id is not None or "id" in frame:
+        if not is_valid_id(id):
+            raise BadFrame(f"id must be an integer from 1 to {MAX_ID}")
+    event = frame.get("event")
+    if type(event) is not str or EVENT_NAME.fullmatch(event) is None:
+        raise BadFrame(
+            'a frame needs "event": 1 to 64 characters of A-Za-z0-9_.:- (or "ack")', id=id
+        )
+    return Event(event, frame.get("data"), id)
+
+
+def _parse_ack(frame: dict[str, Any]) -> Ack:
+    ack = frame["ack"]
+    if not is_valid_id(ack):
+        raise BadFrame(f"ack must be an integer from 1 to {MAX_ID}")
+    if "event" in frame or "id" in frame:
+        raise BadFrame('an ack frame carries no "event" or "id"')
+    error = frame.get("error")
+    if error is not None and not (
+        type(error) is dict
+        and type(error.get("code")) is str
+        and type(error.get("message")) is str
+    ):
+        raise BadFrame('"error" must be an object with string "code" and "message"')
+    return Ack(ack, frame.get("data"), error)
+
+
+def encode_event(event: str, data: Any = None, id: int | None = None) -> str:
+    """Serialize an event; with `id` it is a server request that waits for an ack."""
+    if id is None:
+        return _encode({"event": event, "data": data})
+    return _encode({"event": event, "data": data, "id": id})
+
+
+def encode_ack(id: int, data: Any = None) -> str:
+    return _encode({"ack": id, "data": data})
+
+
+def encode_error_ack(id: int, code: ErrorCode | str, message: str) -> str:
+    return _encode({"ack": id, "error": {"code": _value(code), "message": message}})
+
+
+def encode_error(code: ErrorCode | str, message: str) -> str:
+    """Serialize the `error` event that answers a frame that carried no valid `id`."""
+    return _encode({"event": "error", "data": {"code": _value(code), "message": message}})
+
+
+def _value(code: ErrorCode | str) -> str:
+    return code.value if isinstance(code, ErrorCode) else code

@@ -1,0 +1,60 @@
+"""Room membership of this process's sockets: bookkeeping only, no I/O."""
+
+from __future__ import annotations
+
+from typing import Generic, Hashable, Iterable, TypeVar
+
+M = TypeVar("M", bound=Hashable)
+
+
+class Rooms(Generic[M]):
+    """Which members are in which room, both ways, with empty rooms removed."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[M]] = {}
+        self._rooms: dict[M, set[str]] = {}
+
+    def add(self, room: str, member: M) -> bool:
+        """Put `member` in `room`; False if it was there already."""
+        members = self._members.setdefault(room, set())
+        if member in members:
+            return False
+        members.add(member)
+        self._rooms.setdefault(member, set()).add(room)
+        return True
+
+    def discard(self, room: str, member: M) -> bool:
+        """Take `member` out of `room`; False if it was not there."""
+        members = self._members.get(room)
+        if members is None or member not in members:
+            return False
+        members.remove(member)
+        if not members:
+            del self._members[room]
+        rooms = self._rooms[member]
+        rooms.remove(room)
+        if not rooms:
+            del self._rooms[member]
+        return True
+
+    def remove(self, member: M) -> set[str]:
+        """Take `member` out of every room; returns the rooms it was in."""
+        rooms = self._rooms.pop(member, set())
+        for room in rooms:
+            members = self._members[room]
+            members.remove(member)
+            if not members:
+                del self._members[room]
+        return rooms
+
+    def members(self, room: str) -> Iterable[M]:
+        return self._members.get(room, ())
+
+    def count(self, room: str) -> int:
+        return len(self._members.get(room, ()))
+
+    def rooms_of(self, member: M) -> set[str]:
+        return self._rooms.get(member, set())
+
+    def __contains__(self, room: object) -> bool:
+        return room in self._members

@@ -1,0 +1,246 @@
+"""The bridge between aiohttp-session and the sockets: the only module that imports it.
+
+The upgrade request goes through the same `session_middleware` as every HTTP route, so a
+socket starts with the session its cookie names. After the upgrade the middleware can do
+nothing more for the socket (it never saves on a websocket response), so reloads and
+saves go to the storage directly. What each storage can do is protocol.md, "Sessions".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from typing import Any, Iterable
+
+from aiohttp import web
+from aiohttp_session import AbstractStorage, Session, get_session, new_session, session_middleware
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from aiohttp_session.redis_storage import RedisStorage
+from cryptography.fernet import Fernet
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly, Unavailable
+
+log = logging.getLogger(__name__)
+
+# A random id kept in the session data names "this browser session" in both storages
+# (the cookie storage has no identity of its own); only its hash ever leaves the server.
+SID_KEY = "_sid"
+
+
+class SessionHandle:
+    """A socket's view of its session: the data, and when the session expires."""
+
+    __slots__ = ("session", "deadline", "key")
+
+    def __init__(self, session: Session, deadline: float, key: str | None) -> None:
+        self.session = session
+        # aiohttp-session expires a session `max_age` after it was created, whatever the
+        # storage, so the deadline is fixed for the session's whole life.
+        self.deadline = deadline
+        self.key = key
+
+
+def session_tag(session: Session | dict[str, Any]) -> str | None:
+    """A stable, non-secret name for a session (for room names), or None if it has none."""
+    sid = session.get(SID_KEY)
+    if sid is None:
+        return None
+    return hashlib.sha256(sid.encode()).hexdigest()[:32]
+
+
+class SessionBridge:
+    """Loads, reloads, saves, rotates and destroys sessions for HTTP routes and sockets."""
+
+    storage: AbstractStorage
+
+    def __init__(self, storage: AbstractStorage, max_age: int) -> None:
+        self.storage = storage
+        self.max_age = max_age
+
+    def middleware(self) -> Any:
+        return session_middleware(self.storage)
+
+    async def open(self, request: web.Request) -> SessionHandle:
+        """The session of an upgrade request, as the session middleware loaded it.
+
+        Raises:
+            Unavailable: the storage cannot be reached.
+        """
+        session = await self.get(request)
+        # Both aiohttp-session and Fernet count whole seconds: the session is still valid
+        # during the second that ends `max_age` after it was created.
+        return SessionHandle(session, session.created + self.max_age + 1, self._key_of(session))
+
+    async def reload(self, handle: SessionHandle) -> None:
+        """Refresh `handle.session` from the storage.
+
+        Raises:
+            SessionExpired: the session is past its `max_age`.
+            LoggedOut: the session was destroyed.
+            Unavailable: the storage cannot be reached.
+        """
+        if time.time() >= handle.deadline:
+            raise SessionExpired()
+
+    async def check(self, handles: Iterable[SessionHandle]) -> list[tuple[SessionHandle, CloseConnection]]:
+        """Which of these sessions have ended, and how; used by the periodic sweep."""
+        now = time.time()
+        return [(h, SessionExpired()) for h in handles if now >= h.deadline]
+
+    async def get(self, request: web.Request) -> Session:
+        """The session of an HTTP request (changes are saved with its response).
+
+        Raises:
+            Unavailable: the storage cannot be reached.
+        """
+        try:
+            return await get_session(request)
+        except RedisError:
+            raise Unavailable("the session store is unavailable; try again shortly") from None
+
+    async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
+        """Apply `changes` to a socket's session and persist them; all or nothing.
+
+        Raises:
+            SessionReadOnly: this storage cannot save from a socket.
+            Unavailable: the storage cannot be reached (nothing changed).
+        """
+        raise SessionReadOnly(
+            "this server keeps sessions in cookies, which a socket cannot write; "
+            "change the session over HTTP"
+        )
+
+    async def rotate(self, request: web.Request) -> tuple[Session, Session]:
+        """Start a new session with a new identity (at login); returns (new, old).
+
+        The response of `request` carries the new cookie.
+        """
+        old = await self.get(request)
+        await self._forget(old)
+        session = await new_session(request)
+        session[SID_KEY] = secrets.token_urlsafe(24)
+        return session, old
+
+    async def destroy(self, request: web.Request) -> dict[str, Any]:
+        """End the session of `request` (at logout); returns a copy of what it held."""
+        session = await self.get(request)
+        gone = dict(session)
+        await self._forget(session)
+        session.invalidate()
+        return gone
+
+    async def ping(self) -> bool:
+        """Whether the storage is usable now."""
+        return True
+
+    async def close(self) -> None:
+        """Release the storage's connections."""
+
+    def _key_of(self, session: Session) -> str | None:
+        return None
+
+    async def _forget(self, session: Session) -> None:
+        """Delete what the server holds of `session`."""
+
+
+class CookieSessionBridge(SessionBridge):
+    """Sessions in an encrypted cookie: nothing on the server, so sockets hold a snapshot."""
+
+    def __init__(self, fernet: Fernet, max_age: int, **cookie: Any) -> None:
+        super().__init__(EncryptedCookieStorage(fernet, max_age=max_age, **cookie), max_age)
+
+
+class _RedisStorage(RedisStorage):
+    # aiohttp-session writes "{}" under the old key when a session is invalidated; an
+    # emptied session is deleted instead, so nothing of a logged-out session stays behind.
+    async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
+        if session.empty and session.identity is not None:
+            await self._redis.delete(f"{self.cookie_name}_{session.identity}")
+            self.save_cookie(response, "", max_age=session.max_age)
+            return
+        await super().save_session(request, response, session)
+
+
+class RedisSessionBridge(SessionBridge):
+    """Sessions in Redis: a socket sees HTTP changes on reload and can save its own."""
+
+    def __init__(self, redis: Redis, max_age: int, **cookie: Any) -> None:
+        storage = _RedisStorage(redis, max_age=max_age, encoder=json.dumps, decoder=json.loads, **cookie)
+        super().__init__(storage, max_age)
+        self.redis = redis
+        self._prefix = storage.cookie_name + "_"
+
+    async def reload(self, handle: SessionHandle) -> None:
+        await super().reload(handle)
+        if handle.key is None:
+            return  # an anonymous socket: nothing stored to reload
+        try:
+            raw = await self.redis.get(handle.key)
+        except RedisError as exc:
+            log.warning("session reload failed: %s", exc)
+            raise Unavailable("the session store is unavailable; try again shortly") from None
+        handle.session = self._replace(handle, raw)
+
+    async def check(self, handles: Iterable[SessionHandle]) -> list[tuple[SessionHandle, CloseConnection]]:
+        stored = [h for h in handles if h.key is not None]
+        ended = await super().check(stored)
+        if not stored:
+            return ended
+        expired = {id(h) for h, _ in ended}
+        live = [h for h in stored if id(h) not in expired]
+        try:
+            values = await self.redis.mget([h.key for h in live]) if live else []
+        except RedisError as exc:
+            log.warning("session check failed: %s", exc)
+            return ended  # an outage ends no session: the next sweep looks again
+        for handle, raw in zip(live, values):
+            try:
+                handle.session = self._replace(handle, raw)
+            except CloseConnection as exc:
+                ended.append((handle, exc))
+        return ended
+
+    async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
+        if handle.key is None:
+            raise SessionReadOnly("this socket has no stored session to save")
+        session = handle.session
+        value = json.dumps({"created": session.created, "session": {**session, **changes}})
+        try:
+            await self.redis.set(handle.key, value, ex=self.max_age)
+        except RedisError:
+            raise Unavailable("the session store is unavailable; nothing was saved") from None
+        session.update(changes)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _key_of(self, session: Session) -> str | None:
+        return None if session.identity is None else self._prefix + session.identity
+
+    async def _forget(self, session: Session) -> None:
+        key = self._key_of(session)
+        if key is not None:
+            try:
+                await self.redis.delete(key)
+            except RedisError:
+                raise Unavailable("the session store is unavailable; try again shortly") from None
+
+    def _replace(self, handle: SessionHandle, raw: bytes | None) -> Session:
+        if raw is None:
+            # Both end the same way; the deadline tells which one it was.
+            raise SessionExpired() if time.time() >= handle.deadline - 1 else LoggedOut()
+        session = Session(handle.session.identity, data=json.loads(raw), new=False, max_age=self.max_age)
+        if session.empty:
+            raise LoggedOut()
+        return session

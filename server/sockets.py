@@ -1,0 +1,210 @@
+"""One connected websocket as handlers see it: identity, session, rooms, sends, requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiohttp import web
+
+from .codes import CloseCode, ErrorCode
+from .errors import LoggedOut, RequestFailed, RequestTimeout, SocketClosed
+from .protocol import Ack, encode_error, encode_error_ack, encode_event
+from .sessions import SessionHandle
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class Socket:
+    """A connected client. Handlers get it as their first argument."""
+
+    __slots__ = (
+        "id", "hub", "http_request", "handle", "user", "close_code",
+        "close_reason", "_ws", "_transport", "_send_limit", "_interrupt", "_last_request_id",
+        "_pending", "_closing", "__weakref__",
+    )
+
+    def __init__(self, hub: Hub, request: web.Request, handle: SessionHandle) -> None:
+        self.id = secrets.token_urlsafe(12)
+        self.hub = hub
+        self.http_request = request  # the upgrade request
+        self.handle = handle
+        # The public user object {"id", "name"} the session was logged in as, or None.
+        self.user: dict[str, Any] | None = handle.session.get("user")
+        self.close_code: int | None = None
+        self.close_reason: str | None = None  # set when the server decided to close
+        self._ws: web.WebSocketResponse | None = None
+        self._transport: asyncio.Transport | None = None
+        self._send_limit = 0
+        self._interrupt: Callable[[], Any] | None = None
+        self._last_request_id = 0
+        self._pending: dict[int, asyncio.Future[Ack]] = {}
+        self._closing = False
+
+    def attach(self, ws: web.WebSocketResponse, send_limit: int, interrupt: Callable[[], Any]) -> None:
+        """Bind to the prepared websocket (called by the transport).
+
+        Args:
+            send_limit: the bytes that may wait to be sent before the socket is closed 4408.
+            interrupt: stops the read loop, which then closes the socket (see `close`).
+        """
+        self._ws = ws
+        self._transport = self.http_request.transport  # type: ignore[assignment]
+        self._send_limit = send_limit
+        self._interrupt = interrupt
+        if self._transport is not None:
+            # aiohttp waits for the buffer to drain past the high-water mark, which would let
+            # one stuck reader hold up a broadcast; lifted to our limit, a send never waits:
+            # the socket is closed with 4408 before the buffer gets there.
+            self._transport.set_write_buffer_limits(high=send_limit + 1)
+
+    @property
+    def session(self) -> Any:
+        """The session (a dict-like `aiohttp_session.Session`) as last loaded."""
+        return self.handle.session
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def rooms(self) -> set[str]:
+        """Every room the socket is in, the private session and user rooms included."""
+        return set(self.hub.rooms.rooms_of(self))
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def emit(self, event: str, data: Any = None) -> bool:
+        """Send an event to this socket only; False if the socket is gone."""
+        return await self.send_frame(encode_event(event, data))
+
+    async def send_frame(self, frame: str) -> bool:
+        """Send a serialized frame; False if the socket is closed or being closed."""
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() + len(frame) > self._send_limit:
+            self.close_soon(CloseCode.TOO_SLOW, "client too slow to read")
+            return False
+        try:
+            await self._ws.send_str(frame)  # type: ignore[union-attr]
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def send_error(self, code: ErrorCode, message: str, id: int | None = None) -> bool:
+        """Answer a frame: an error ack when it carried an `id`, else an `error` event."""
+        if id is None:
+            return await self.send_frame(encode_error(code, message))
+        return await self.send_frame(encode_error_ack(id, code, message))
+
+    async def request(self, event: str, data: Any = None, *, timeout: float = 10.0) -> Any:
+        """Send an event with an `id` and wait for the client's ack; returns its `data`.
+
+        Raises:
+            RequestTimeout: no ack within `timeout` seconds (a handler that lets it
+                propagate answers its own caller with `timeout`).
+            RequestFailed: the client answered with an error ack.
+            SocketClosed: the socket closed first.
+        """
+        self._last_request_id += 1
+        id = self._last_request_id
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[id] = waiter
+        try:
+            if not await self.send_frame(encode_event(event, data, id)):
+                raise SocketClosed(f"socket {self.id} is closed")
+            async with asyncio.timeout(timeout):
+                ack = await waiter
+        except TimeoutError:
+            raise RequestTimeout(f"the client did not answer {event!r} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(id, None)
+        if ack.error is not None:
+            raise RequestFailed(ack.error["code"], ack.error["message"])
+        return ack.data
+
+    def resolve(self, ack: Ack) -> bool:
+        """Hand the client's ack to the request waiting for it; False if none is."""
+        waiter = self._pending.get(ack.ack)
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(ack)
+        return True
+
+    # -- rooms and session -----------------------------------------------------------
+
+    async def join(self, room: str) -> None:
+        """Join `room` (idempotent). Private session and user rooms cannot be joined."""
+        await self.hub.join(self, room)
+
+    async def leave(self, room: str) -> None:
+        await self.hub.leave(self, room)
+
+    async def reload_session(self) -> None:
+        """Reload the session from the storage.
+
+        Raises:
+            LoggedOut, SessionExpired: the session ended (the socket will be closed).
+            Unavailable: the storage cannot be reached.
+        """
+        await self.hub.sessions.reload(self.handle)
+        if self.user is not None:
+            user = self.handle.session.get("user")
+            if user is None or user.get("id") != self.user.get("id"):
+                raise LoggedOut()
+
+    async def update_session(self, changes: dict[str, Any]) -> None:
+        """Apply `changes` to the session and persist them, all or nothing.
+
+        Raises:
+            SessionReadOnly: cookie storage (a socket cannot set a cookie); nothing changed.
+            Unavailable: the storage cannot be reached; nothing changed.
+        """
+        await self.hub.sessions.update(self.handle, changes)
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close with `code`; no further event of this socket is handled.
+
+        Returns at once: the read loop performs the closing handshake, because only the
+        task that reads can wait for the client's answering close frame.
+        """
+        self.close_soon(code, reason)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """The same as `close`, for callers that are not coroutines."""
+        if self._closing:
+            return
+        self._closing = True
+        self.close_code = code
+        self.close_reason = reason
+        self._fail_pending()
+        if self._interrupt is not None:
+            self._interrupt()
+
+    def detach(self) -> None:
+        """The read loop has ended (called by the transport); nothing to interrupt any more."""
+        self._interrupt = None
+
+    def connection_lost(self, code: int | None) -> None:
+        """The connection ended with `code` (called by the transport)."""
+        if self.close_code is None:
+            self.close_code = code
+        self._closing = True
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(SocketClosed(f"socket {self.id} closed"))
+        self._pending.clear()
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.id} user={self.user and self.user.get('id')}>"

@@ -1,0 +1,167 @@
+"""Short ways to drive the server from tests: a browser-like client, frames, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TIMEOUT = 5.0
+
+
+class Browser:
+    """One cookie jar (one browser) against a base URL: log in, call the API, open sockets."""
+
+    def __init__(self, base_url: str, origin: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.origin = origin
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def __aenter__(self) -> Browser:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for ws in self.sockets:
+            await ws.close()
+        await self.http.close()
+
+    async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        if body is not None:
+            kw["json"] = body
+        async with self.http.request(method, self.base_url + path, **kw) as r:
+            text = await r.text()
+            return r.status, (json.loads(text) if text and r.content_type == "application/json" else text)
+
+    async def login(self, name: str = "alice", password: str | None = None) -> dict[str, Any]:
+        password = password or {"alice": "wonderland", "bob": "builder"}[name]
+        status, body = await self.call("POST", "/api/login", {"username": name, "password": password})
+        assert status == 200, body
+        return body["user"]
+
+    async def connect(self, **kw: Any) -> aiohttp.ClientWebSocketResponse:
+        """Open a socket and read its `connected` frame (kept on `ws.connected`)."""
+        ws = await self.open(**kw)
+        ws.connected = await expect_event(ws, "connected")  # type: ignore[attr-defined]
+        return ws
+
+    async def open(self, **kw: Any) -> aiohttp.ClientWebSocketResponse:
+        headers = kw.pop("headers", {})
+        if self.origin:
+            headers.setdefault("Origin", self.origin)
+        ws = await self.http.ws_connect(self.base_url + "/ws", headers=headers, **kw)
+        self.sockets.append(ws)
+        return ws
+
+    def cookie(self) -> str:
+        return "; ".join(f"{c.key}={c.value}" for c in self.http.cookie_jar)
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+    assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg!r} (close code {ws.close_code})"
+    return json.loads(msg.data)
+
+
+async def expect_event(ws: aiohttp.ClientWebSocketResponse, name: str) -> Any:
+    """Read frames until event `name` arrives (others are skipped); returns its data."""
+    while True:
+        frame = await receive_json(ws)
+        if frame.get("event") == name:
+            return frame.get("data")
+
+
+async def expect_close(ws: aiohttp.ClientWebSocketResponse, code: int) -> str:
+    """Read until the server closes the socket; assert the code, return the reason."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            break
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    # The code of the server's close frame; aiohttp's `close_code` would read 1006 if the
+    # server dropped the connection before our answering close frame got there.
+    got = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else ws.close_code
+    assert got == code, f"closed with {got}, expected {code}: {msg}"
+    return msg.extra or ""
+
+
+_ids = iter(range(1, 1 << 30))
+
+
+async def ask(ws: aiohttp.ClientWebSocketResponse, event: str, data: Any = None) -> dict[str, Any]:
+    """Send an event with a fresh id; return the matching ack frame (events in between are skipped)."""
+    id = next(_ids)
+    frame: dict[str, Any] = {"event": event, "id": id}
+    if data is not None:
+        frame["data"] = data
+    await ws.send_str(json.dumps(frame))
+    return await expect_ack(ws, id)
+
+
+async def expect_ack(ws: aiohttp.ClientWebSocketResponse, id: int) -> dict[str, Any]:
+    while True:
+        frame = await receive_json(ws)
+        if frame.get("ack") == id:
+            return frame
+
+
+async def call(ws: aiohttp.ClientWebSocketResponse, event: str, data: Any = None) -> Any:
+    """Like `ask`, but asserts success and returns the ack's data."""
+    frame = await ask(ws, event, data)
+    assert "error" not in frame, frame
+    return frame["data"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunPy:
+    """`python run.py` in a subprocess, ready once it prints its URL."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd=None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port), *args]
+        self.env = {**os.environ, "HEARTBEAT": "0", **(env or {})}
+        self.env.pop("REDIS_URL", None) if "REDIS_URL" not in (env or {}) else None
+        self.cwd = cwd
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    async def __aenter__(self) -> "RunPy":
+        self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, self.process.stdout.readline)
+            if not line:
+                raise RuntimeError("run.py exited:\n" + "".join(self.output))
+            self.output.append(line)
+            if line.startswith("Serving the demo on"):
+                return self
+
+    async def stop(self, sig: int = signal.SIGTERM) -> float:
+        start = time.monotonic()
+        self.process.send_signal(sig)
+        loop = asyncio.get_running_loop()
+        rest = await loop.run_in_executor(None, self.process.communicate)
+        self.output.append(rest[0])
+        return time.monotonic() - start
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            await self.stop()

@@ -1,0 +1,92 @@
+"""The sans-I/O codec, from literal frames (protocol.md, "Frames")."""
+
+import subprocess
+import sys
+
+import pytest
+
+from server.codes import ErrorCode
+from server.errors import BadFrame
+from server.protocol import MAX_ID, Ack, Event, encode_ack, encode_error, encode_error_ack, encode_event, parse_frame
+
+
+def test_event_with_data_and_id():
+    assert parse_frame('{"event": "chat", "data": {"room": "lobby"}, "id": 7}') == Event("chat", {"room": "lobby"}, 7)
+
+
+def test_event_without_data_or_id():
+    assert parse_frame('{"event": "whoami"}') == Event("whoami", None, None)
+
+
+@pytest.mark.parametrize("data", ["1", '"text"', "[1, 2]", "null", "true", '{"a": {"b": []}}'])
+def test_data_may_be_any_json_value(data):
+    assert parse_frame(f'{{"event": "echo", "data": {data}}}').event == "echo"
+
+
+def test_ack_with_data():
+    assert parse_frame('{"ack": 3, "data": {"ok": true}}') == Ack(3, {"ok": True}, None)
+
+
+def test_error_ack():
+    frame = parse_frame('{"ack": 3, "error": {"code": "nope", "message": "no"}}')
+    assert frame == Ack(3, None, {"code": "nope", "message": "no"})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"event": "x", "data": NaN}', "not valid JSON"),
+    ("[1]", "must be a JSON object"),
+    ('"event"', "must be a JSON object"),
+    ("{}", '"event"'),
+    ('{"event": 5}', '"event"'),
+    ('{"event": ""}', '"event"'),
+    ('{"event": "' + "x" * 65 + '"}', '"event"'),
+    ('{"event": "has space"}', '"event"'),
+    ('{"event": "x", "id": 0}', "id must be"),
+    ('{"event": "x", "id": -1}', "id must be"),
+    ('{"event": "x", "id": 1.5}', "id must be"),
+    ('{"event": "x", "id": "1"}', "id must be"),
+    ('{"event": "x", "id": true}', "id must be"),
+    ('{"event": "x", "id": null}', "id must be"),
+    (f'{{"event": "x", "id": {MAX_ID + 1}}}', "id must be"),
+    ('{"ack": "1"}', "ack must be"),
+    ('{"ack": 1, "event": "x"}', "no \\\"event\\\""),
+    ('{"ack": 1, "error": "bad"}', '"error" must be'),
+    ('{"ack": 1, "error": {"code": 1, "message": "m"}}', '"error" must be'),
+])
+def test_bad_frames(text, message):
+    with pytest.raises(BadFrame) as info:
+        parse_frame(text)
+    assert info.value.code is ErrorCode.BAD_FRAME
+    assert message.replace("\\", "") in info.value.message
+
+
+def test_a_bad_frame_with_a_valid_id_is_answered_by_ack():
+    with pytest.raises(BadFrame) as info:
+        parse_frame('{"event": 12, "id": 9}')
+    assert info.value.id == 9
+
+
+def test_an_invalid_id_is_never_used_for_the_answer():
+    with pytest.raises(BadFrame) as info:
+        parse_frame('{"event": "echo", "id": "9"}')
+    assert info.value.id is None
+
+
+def test_encoders():
+    assert encode_event("count", {"count": 2}) == '{"event":"count","data":{"count":2}}'
+    assert encode_event("confirm", None, 4) == '{"event":"confirm","data":null,"id":4}'
+    assert encode_ack(4, [1]) == '{"ack":4,"data":[1]}'
+    assert encode_error_ack(4, ErrorCode.FORBIDDEN, "no") == '{"ack":4,"error":{"code":"forbidden","message":"no"}}'
+    assert encode_error("bad_frame", "m") == '{"event":"error","data":{"code":"bad_frame","message":"m"}}'
+
+
+def test_non_ascii_text_is_kept_as_is():
+    assert encode_event("chat", "héllo ☃") == '{"event":"chat","data":"héllo ☃"}'
+
+
+def test_the_codec_imports_no_aiohttp_nor_asyncio():
+    code = "import sys, server.protocol; print(sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,90 @@
+"""Logout, a newer login and expiry really disconnect (protocol.md, "Close codes")."""
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.helpers import Browser, call, expect_close
+
+
+async def test_logout_closes_that_sessions_sockets_with_4001_only(alice, make_browser):
+    other_alice = await make_browser()
+    await other_alice.login("alice")  # the same user in another browser
+    tab1, tab2, elsewhere = await alice.connect(), await alice.connect(), await other_alice.connect()
+    status, _ = await alice.call("POST", "/api/logout")
+    assert status == 200
+    assert await expect_close(tab1, 4001) == "logged out"
+    await expect_close(tab2, 4001)
+    assert await call(elsewhere, "echo", "still logged in") == "still logged in"
+    status, _ = await alice.call("GET", "/api/me")
+    assert status == 401
+
+
+async def test_a_new_login_replaces_the_session_and_closes_its_sockets_with_4003(alice):
+    old = await alice.connect()
+    await alice.login("bob")  # the same browser logs in again
+    assert await expect_close(old, 4003) == "session replaced by a newer login"
+    fresh = await alice.connect()
+    assert fresh.connected["user"]["name"] == "bob"
+
+
+@pytest.mark.parametrize("storage", ["redis"])
+async def test_login_deletes_the_old_redis_key_and_logout_the_current_one(alice, base_url, settings):
+    redis = Redis.from_url(settings.redis_url)
+    prefix = settings.cookie_name + "_"
+    first = [k async for k in redis.scan_iter(prefix + "*")]
+    assert len(first) == 1
+    stolen = alice.cookie()
+    await alice.login("alice")
+    second = [k async for k in redis.scan_iter(prefix + "*")]
+    assert len(second) == 1 and second != first
+    async with Browser(base_url) as replay:  # the old cookie is worth nothing now
+        await expect_close(await replay.open(headers={"Cookie": stolen}), 4401)
+    await alice.call("POST", "/api/logout")
+    assert [k async for k in redis.scan_iter(prefix + "*")] == []
+    await redis.aclose()
+
+
+async def test_expiry_closes_an_idle_socket_with_4002(serve, settings):
+    base_url = await serve(settings, session_max_age=1, session_check_interval=0.1)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        assert await expect_close(ws, 4002) == "session expired"  # within max_age + 1 s
+        status, _ = await b.call("GET", "/api/me")
+        assert status == 401  # HTTP agrees the session is over
+
+
+async def test_expiry_is_noticed_by_the_next_message(serve, settings):
+    base_url = await serve(settings, session_max_age=1, session_check_interval=3600)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        assert await call(ws, "echo", 1) == 1
+        await asyncio.sleep(2.1)  # time itself is what is tested: the session outlives max_age + 1 s
+        await ws.send_str('{"event": "echo", "data": 2, "id": 2}')
+        await expect_close(ws, 4002)  # the close answers the event: its handler never ran
+
+
+@pytest.mark.parametrize("storage", ["redis"])
+async def test_a_session_deleted_behind_the_servers_back_closes_with_4001(alice, settings):
+    ws = await alice.connect()
+    redis = Redis.from_url(settings.redis_url)
+    keys = [k async for k in redis.scan_iter(settings.cookie_name + "_*")]
+    await redis.delete(*keys)
+    await redis.aclose()
+    await ws.send_str('{"event": "echo", "data": 1, "id": 1}')
+    await expect_close(ws, 4001)
+
+
+@pytest.mark.parametrize("storage", ["redis"])
+async def test_a_closing_socket_never_writes_its_stale_session_back(alice):
+    ws = await alice.connect()
+    await alice.call("POST", "/api/incr")
+    await ws.close()
+    await alice.login("bob")  # a newer login in the same browser
+    _, body = await alice.call("GET", "/api/me")
+    assert body["user"]["name"] == "bob"
+    _, body = await alice.call("POST", "/api/incr")
+    assert body == {"count": 1}  # bob's fresh session, untouched by alice's old socket
