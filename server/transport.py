@@ -4,6 +4,8 @@ where errors become wire frames and close codes (protocol.md, "Errors").
 Each socket's events are handled one at a time, in arrival order, by a task of its own,
 while the read loop goes on reading: so a handler can await `socket.request()` (the ack
 comes through the read loop) and acks to server requests are never stuck behind events.
+Errors about bad frames go through the same queue, so a client gets its answers in the
+order it sent the frames (protocol.md, "Ordering").
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
-from .errors import BadFrame, CloseConnection, ReplyError, SocketClosed, Unavailable
+from .errors import BadFrame, CloseConnection, RateLimited, ReplyError, SocketClosed, Unavailable
 from .http_errors import json_error
 from .hub import Hub
 from .protocol import Ack, Event, encode_ack, parse_frame
@@ -136,27 +138,25 @@ class WebSocketEndpoint:
                 try:
                     frame = parse_frame(msg.data)
                 except BadFrame as exc:
-                    await socket.send_error(exc.code, exc.message, exc.id)
+                    await inbox.put(exc)
                     continue
                 if type(frame) is Ack:
                     if not socket.resolve(frame):
-                        await socket.send_error(
-                            ErrorCode.BAD_FRAME,
-                            f"no server request {frame.ack} is waiting for an answer (it may have timed out)",
-                        )
+                        await inbox.put(BadFrame(
+                            f"no server request {frame.ack} is waiting for an answer (it may have timed out)"))
                     continue
                 if rate:
                     now = time.monotonic()
                     tokens = min(burst, tokens + (now - last) * rate)
                     last = now
                     if tokens < 1:
-                        await socket.send_error(ErrorCode.RATE_LIMITED,
-                                                f"more than {rate:g} events per second; slow down", frame.id)
+                        await inbox.put(RateLimited(f"more than {rate:g} events per second; slow down",
+                                                    id=frame.id))
                         continue
                     tokens -= 1
                 await inbox.put(frame)
             elif msg.type is WSMsgType.BINARY:
-                await socket.send_error(ErrorCode.BAD_FRAME, "binary frames are not accepted: send JSON text frames")
+                await inbox.put(BadFrame("binary frames are not accepted: send JSON text frames"))
             elif msg.type is WSMsgType.ERROR:
                 code = getattr(msg.data, "code", None)
                 if code == CloseCode.MESSAGE_TOO_BIG:
@@ -190,27 +190,30 @@ def _abort(request: web.Request) -> None:
 
 
 class _Inbox:
-    """One socket's events, handled one at a time and in order by one task."""
+    """One socket's events (and errors about its bad frames), answered in order by one task."""
 
     def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, size: int) -> None:
         self._endpoint = endpoint
         self._socket = socket
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self._queue: asyncio.Queue[Event | ReplyError] = asyncio.Queue(size)
         self._busy = False
         self._task = asyncio.create_task(self._run())
 
-    async def put(self, event: Event) -> None:
-        await self._queue.put(event)
+    async def put(self, item: Event | ReplyError) -> None:
+        await self._queue.put(item)
 
     async def _run(self) -> None:
         socket = self._socket
         while True:
-            event = await self._queue.get()
+            item = await self._queue.get()
             if socket.closed:
                 return  # a closed socket's queued events are dropped, never run
+            if type(item) is not Event:
+                await socket.send_error(item.code, item.message, item.id)
+                continue
             self._busy = True
             try:
-                await self._endpoint.run_event(socket, event)
+                await self._endpoint.run_event(socket, item)
             finally:
                 self._busy = False
             if socket.closed:

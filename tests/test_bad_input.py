@@ -124,13 +124,12 @@ async def test_rate_limit(serve, settings):
         ws = await b.connect()
         for id in range(1, 31):
             await ws.send_str(json.dumps({"event": "echo", "data": id, "id": id}))
-        # Refusals are answered at once, so they may overtake the acks of queued events.
         acks = [await receive_json(ws) for _ in range(30)]
         limited = [a for a in acks if "error" in a]
         assert limited and all(a["error"]["code"] == "rate_limited" for a in limited)
         assert len(acks) - len(limited) >= 10  # the burst went through
-        # Every event got exactly one answer; none was lost silently.
-        assert sorted(a["ack"] for a in acks) == list(range(1, 31))
+        # Every event got exactly one answer, in the order sent; none was lost silently.
+        assert [a["ack"] for a in acks] == list(range(1, 31))
 
 
 async def test_garbage_flood_does_not_affect_another_connection(alice, make_browser):
@@ -150,6 +149,23 @@ async def test_events_of_one_socket_are_handled_in_order(alice):
     for id in range(1, 101):
         await ws.send_str(json.dumps({"event": "echo", "data": id, "id": id}))
     assert [(await receive_json(ws))["ack"] for _ in range(100)] == list(range(1, 101))
+
+
+async def test_errors_and_acks_come_back_in_the_order_sent(alice):
+    """A bad frame's error never overtakes the answers of the events sent before it."""
+    ws = await alice.connect()
+    await call(ws, "join", {"room": "lobby"})
+    for _ in range(20):
+        await ws.send_str(json.dumps({"event": "chat", "data": {"room": "lobby", "text": "hi"}, "id": 7}))
+        await ws.send_str("not json")
+        await ws.send_bytes(b"binary")
+        await ws.send_str('{"event": "nope", "id": 8}')
+        await ws.send_str('{"ack": 99, "data": null}')
+        got = [await receive_json(ws) for _ in range(6)]
+        assert [f.get("event") or f.get("ack") for f in got] == ["chat", 7, "error", "error", 8, "error"]
+        assert [f.get("data", {}).get("code") for f in got[2:4]] == ["bad_frame", "bad_frame"]
+        assert got[4]["error"]["code"] == "unknown_event"
+        assert got[5]["data"]["code"] == "bad_frame"
 
 
 async def test_a_closed_socket_is_not_closed_by_another_message(alice):

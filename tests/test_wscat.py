@@ -36,17 +36,28 @@ class Terminal:
         os.close(slave)
         self.output = ""
 
-    def expect(self, pattern: str, timeout: float = 10.0) -> str:
+    def wait(self, done, what: str, timeout: float = 10.0) -> None:
+        """Read output until `done()` holds."""
         deadline = time.monotonic() + timeout
-        while pattern not in self.output:
+        while not done():
             left = deadline - time.monotonic()
-            assert left > 0, f"{pattern!r} did not appear in:\n{self.output}"
+            assert left > 0, f"{what} did not appear in:\n{self.output}"
             if select.select([self.master], [], [], left)[0]:
                 try:
                     self.output += ANSI.sub("", os.read(self.master, 65536).decode())
                 except OSError:
                     pass
-        return self.output
+
+    def expect(self, text: str) -> None:
+        self.wait(lambda: text in self.output, repr(text))
+
+    def received(self) -> list[str]:
+        """The frames wscat printed as received (`< {...}`), in order."""
+        return re.findall(r"< (\{.*\})", self.output.replace("\r", "\n"))
+
+    def expect_frames(self, count: int) -> list[str]:
+        self.wait(lambda: len(self.received()) >= count, f"{count} received frames")
+        return self.received()
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\r")
@@ -57,8 +68,16 @@ class Terminal:
         os.close(self.master)
 
 
-def frames(transcript: str, mark: str) -> list[str]:
-    return [line[2:] for line in transcript.splitlines() if line.startswith(mark + " ")]
+def steps(transcript: str) -> list[tuple[str | None, list[str]]]:
+    """The transcript as (what the user types, the frames that answer it); the first step
+    is the server's greeting, which no one typed."""
+    result: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in transcript.splitlines():
+        if line.startswith("> "):
+            result.append((line[2:], []))
+        elif line.startswith("< "):
+            result[-1][1].append(line[2:])
+    return result
 
 
 def same_frame(expected: str, got: str) -> bool:
@@ -79,20 +98,19 @@ async def test_the_readme_walkthrough(tmp_path):
         terminal = Terminal(wscat, tmp_path)
         try:
             terminal.expect("Connected (press CTRL+C to quit)")
-            replies = frames(transcript, "<")
-            terminal.expect('"event":"connected"')
-            for typed in frames(transcript, ">"):
-                terminal.type(typed)
-            for reply in replies:
-                terminal.expect(reply.split('"data"')[0])  # each reply's opening, in the output
-            got = [line.strip()[2:] for line in terminal.output.splitlines() if line.strip().startswith("< ")]
-            assert len(got) == len(replies)
-            for expected, line in zip(replies, got):
-                assert same_frame(expected, line), (expected, line)
+            expected: list[str] = []
+            for typed, replies in steps(transcript):  # typed as a person would: line by line
+                if typed is not None:
+                    terminal.type(typed)
+                expected += replies
+                got = terminal.expect_frames(len(expected))
+                assert len(got) == len(expected), got
+                for want, line in zip(expected, got):
+                    assert same_frame(want, line), (want, line)
 
             incr, logout = commands(http, server.port)
             assert subprocess.run(["bash", "-c", incr], cwd=tmp_path, capture_output=True, text=True).stdout == '{"count": 1}'
-            terminal.expect('< {"event":"count","data":{"count":1}}')
+            assert same_frame('{"event":"count","data":{"count":1}}', terminal.expect_frames(len(expected) + 1)[-1])
             subprocess.run(["bash", "-c", logout], cwd=tmp_path, check=True, capture_output=True)
             terminal.expect('Disconnected (code: 4001, reason: "logged out")')
         finally:

@@ -1,0 +1,11 @@
+"""Benchmarks of issue 5: our server against raw aiohttp and python-socketio.
+
+`python -m bench` (or `python bench/run.py`) runs every scenario and writes
+`bench/RESULTS.md`; `python -m bench --help` lists the options.
+
+    loadgen.py          the load generator (its own process, pinned to core 1)
+    raw_server.py       reference: a plain aiohttp websocket server
+    socketio_server.py  reference: python-socketio's AsyncServer on aiohttp
+    processes.py        starting, pinning, measuring and killing processes
+    run.py              the runner: scenarios, rounds, medians, RESULTS.md
+"""

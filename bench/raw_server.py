@@ -1,0 +1,108 @@
+"""Reference: a plain aiohttp websocket server, the practical limit for an aiohttp server.
+
+It speaks just enough of protocol v1 for the bench, with the stdlib's json:
+
+* on connect it sends one small frame, `{"event": "connected", "data": {...}}`;
+* `{"event": "echo", "data": d, "id": n}` -> `{"ack": n, "data": d}` (json.loads, json.dumps);
+* `{"event": "join", "data": {"room": r}, "id": n}` -> joins r, acks `{"room", "members"}`;
+* `{"event": "chat", "data": {"room": r, "text": t}, "id": n}` -> serializes one `chat`
+  frame and loops over the room's sockets with `send_str`, then acks `{"ok": true}`.
+
+With `--mode str` it does no JSON at all: every text frame is sent back as it is.
+
+    python bench/raw_server.py --port 8090 [--mode json|str] [--heartbeat 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import secrets
+import time
+
+from aiohttp import WSMsgType, web
+
+SOCKETS = web.AppKey("sockets", set)
+ROOMS = web.AppKey("rooms", dict)
+USER = {"id": 1, "name": "alice"}  # the same public user object as the demo's
+
+
+def make_app(mode: str, heartbeat: float | None, max_message_size: int = 1 << 20) -> web.Application:
+    app = web.Application()
+    app[SOCKETS] = set()
+    app[ROOMS] = {}
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        # The same transport settings as our server's.
+        ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=max_message_size + 1, compress=False)
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"event": "connected",
+                                      "data": {"socket": secrets.token_urlsafe(12), "user": USER}}))
+        if mode == "str":
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+            return ws
+
+        rooms: dict[str, set[web.WebSocketResponse]] = app[ROOMS]
+        joined: set[str] = set()
+        app[SOCKETS].add(ws)
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                frame = json.loads(msg.data)
+                event = frame.get("event")
+                data = frame.get("data")
+                if event == "echo":
+                    result = data
+                elif event == "join":
+                    room = data["room"]
+                    rooms.setdefault(room, set()).add(ws)
+                    joined.add(room)
+                    result = {"room": room, "members": len(rooms[room])}
+                elif event == "chat":
+                    room = data["room"]
+                    out = json.dumps({"event": "chat", "data": {
+                        "room": room, "from": USER, "text": data["text"], "ts": int(time.time() * 1000)}})
+                    for peer in list(rooms.get(room, ())):  # serialized once, sent to each
+                        await peer.send_str(out)
+                    result = {"ok": True}
+                else:
+                    result = None
+                if "id" in frame:
+                    await ws.send_str(json.dumps({"ack": frame["id"], "data": result}))
+        finally:
+            app[SOCKETS].discard(ws)
+            for room in joined:
+                members = rooms.get(room)
+                if members is not None:
+                    members.discard(ws)
+                    if not members:
+                        del rooms[room]
+        return ws
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--mode", choices=["json", "str"], default="json",
+                   help="json: decode and re-encode an ack envelope; str: echo the raw string")
+    p.add_argument("--heartbeat", type=float, default=25.0, help="seconds between pings (0: off); ours uses 25")
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    web.run_app(make_app(args.mode, args.heartbeat or None), host="127.0.0.1", port=args.port,
+                print=lambda _: print(f"raw server ({args.mode}) on 127.0.0.1:{args.port}", flush=True))
+
+
+if __name__ == "__main__":
+    main()
