@@ -194,6 +194,8 @@ class Hub:
     # -- running ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start delivering emits and checking sessions (at application start-up)."""
+        await self.sessions.start()
         await self.backplane.start(self._deliver, self.rooms)
         self._sweeper = asyncio.create_task(self._sweep())
 

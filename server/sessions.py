@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session, session_middleware
@@ -21,9 +21,11 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from aiohttp_session.redis_storage import RedisStorage
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection as RedisConnection
 from redis.exceptions import RedisError
 
 from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly, Unavailable
+from .redis_tracking import NotTracking, TrackingCache
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,13 @@ SID_KEY = "_sid"
 class SessionHandle:
     """A socket's view of its session: the data, and when the session expires."""
 
-    __slots__ = ("session", "deadline", "key")
+    __slots__ = ("session", "deadline", "key", "raw")
 
     def __init__(self, session: Session, deadline: float, key: str | None) -> None:
         self.session = session
+        # The stored value `session` was parsed from, when it came from a reload: the same
+        # value again needs no parsing.
+        self.raw: bytes | None = None
         # aiohttp-session expires a session `max_age` after it was created, whatever the
         # storage, so the deadline is fixed for the session's whole life.
         self.deadline = deadline
@@ -138,6 +143,9 @@ class SessionBridge:
         """Whether the storage is usable now."""
         return True
 
+    async def start(self) -> None:
+        """Start background work (at application start-up)."""
+
     async def close(self) -> None:
         """Release the storage's connections."""
 
@@ -156,35 +164,61 @@ class CookieSessionBridge(SessionBridge):
 
 
 class _RedisStorage(RedisStorage):
+    def __init__(self, redis: Redis, *, written: Callable[[str], None], **kw: Any) -> None:
+        super().__init__(redis, **kw)
+        self._written = written
+
     # aiohttp-session writes "{}" under the old key when a session is invalidated; an
     # emptied session is deleted instead, so nothing of a logged-out session stays behind.
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if session.empty and session.identity is not None:
-            await self._redis.delete(f"{self.cookie_name}_{session.identity}")
+            key = f"{self.cookie_name}_{session.identity}"
+            await self._redis.delete(key)
+            self._written(key)
             self.save_cookie(response, "", max_age=session.max_age)
             return
         await super().save_session(request, response, session)
+        if session.identity is not None:
+            self._written(f"{self.cookie_name}_{session.identity}")
 
 
 class RedisSessionBridge(SessionBridge):
     """Sessions in Redis: a socket sees HTTP changes on reload and can save its own."""
 
-    def __init__(self, redis: Redis, max_age: int, **cookie: Any) -> None:
-        storage = _RedisStorage(redis, max_age=max_age, encoder=json.dumps, decoder=json.loads, **cookie)
+    def __init__(self, redis: Redis, max_age: int, *, cache: bool = True, **cookie: Any) -> None:
+        # Reloads read through a cache that Redis invalidates (see `redis_tracking`), over
+        # TCP only: other connections (unix sockets, TLS) read Redis on every reload.
+        self.cache = _tracking_cache(redis) if cache else None
+        storage = _RedisStorage(redis, max_age=max_age, encoder=json.dumps, decoder=json.loads,
+                                written=self._written, **cookie)
         super().__init__(storage, max_age)
         self.redis = redis
         self._prefix = storage.cookie_name + "_"
 
+    async def start(self) -> None:
+        if self.cache is not None:
+            await self.cache.start()
+
     async def reload(self, handle: SessionHandle) -> None:
         await super().reload(handle)
-        if handle.key is None:
+        key = handle.key
+        if key is None:
             return  # an anonymous socket: nothing stored to reload
+        raw: bytes | None
         try:
-            raw = await self.redis.get(handle.key)
-        except RedisError as exc:
-            log.warning("session reload failed: %s", exc)
-            raise Unavailable("the session store is unavailable; try again shortly") from None
+            if self.cache is None:
+                raise NotTracking()
+            raw = await self.cache.get(key)
+        except NotTracking:
+            try:
+                raw = await self.redis.get(key)
+            except RedisError as exc:
+                log.warning("session reload failed: %s", exc)
+                raise Unavailable("the session store is unavailable; try again shortly") from None
+        if raw is not None and raw is handle.raw:
+            return  # unchanged since the last reload
         handle.session = self._replace(handle, raw)
+        handle.raw = raw
 
     async def check(self, handles: Iterable[SessionHandle]) -> list[tuple[SessionHandle, CloseConnection]]:
         stored = [h for h in handles if h.key is not None]
@@ -201,6 +235,7 @@ class RedisSessionBridge(SessionBridge):
         for handle, raw in zip(live, values):
             try:
                 handle.session = self._replace(handle, raw)
+                handle.raw = raw
             except CloseConnection as exc:
                 ended.append((handle, exc))
         return ended
@@ -214,6 +249,8 @@ class RedisSessionBridge(SessionBridge):
             await self.redis.set(handle.key, value, ex=self.max_age)
         except RedisError:
             raise Unavailable("the session store is unavailable; nothing was saved") from None
+        finally:
+            self._written(handle.key)  # even a failed SET may have been applied
         session.update(changes)
 
     async def ping(self) -> bool:
@@ -223,7 +260,13 @@ class RedisSessionBridge(SessionBridge):
             return False
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         await self.redis.aclose()
+
+    def _written(self, key: str) -> None:
+        if self.cache is not None:
+            self.cache.forget(key)
 
     def _key_of(self, session: Session) -> str | None:
         return None if session.identity is None else self._prefix + session.identity
@@ -235,6 +278,8 @@ class RedisSessionBridge(SessionBridge):
                 await self.redis.delete(key)
             except RedisError:
                 raise Unavailable("the session store is unavailable; try again shortly") from None
+            finally:
+                self._written(key)
 
     def _replace(self, handle: SessionHandle, raw: bytes | None) -> Session:
         if raw is None:
@@ -244,3 +289,12 @@ class RedisSessionBridge(SessionBridge):
         if session.empty:
             raise LoggedOut()
         return session
+
+
+def _tracking_cache(redis: Redis) -> TrackingCache | None:
+    pool = redis.connection_pool
+    kw = pool.connection_kwargs
+    if pool.connection_class is not RedisConnection or "host" not in kw:
+        return None
+    return TrackingCache(kw["host"], int(kw.get("port", 6379)), int(kw.get("db", 0) or 0),
+                         username=kw.get("username"), password=kw.get("password"))

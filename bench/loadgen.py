@@ -1,0 +1,524 @@
+"""The load generator: drives one server (or two) over aiohttp's websocket client and
+prints one JSON object with the figures of the measured window.
+
+    python -m bench.loadgen echo --proto ours --url http://127.0.0.1:8080 --pid 1234
+
+Scenarios:
+
+* `echo`: `--connections` sockets, each ping-ponging an event with an ack;
+  unit: one message (request + ack).
+* `fanout`: `--connections` sockets in room `lobby`, spread over the `--url`s; one of
+  them (on the first url) sends `chat` and waits for every socket's delivery and its
+  ack before sending the next; unit: one delivery.
+* `handshake`: `--connections` loops of upgrade -> first frame -> close; unit: one handshake.
+* `idle`: opens `--connections` sockets and leaves them idle; reports the RSS delta of
+  the server per connection.
+
+Protocols (`--proto`): `ours` (protocol v1 with a login cookie), `raw` (protocol v1
+frames to bench/raw_server.py), `rawstr` (the same frames, echoed verbatim) and `sio`
+(Engine.IO v4 / Socket.IO v5 spoken directly over the websocket).
+
+The server's CPU time is utime + stime from /proc/PID/stat of every `--pid`, read at the
+start and at the end of the measured window, which follows a warm-up. Every loop is
+bounded by the window, and every wait by a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import math
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+from bench.processes import cpu_seconds, machine_cpu_seconds, raise_open_files, rss_bytes
+
+try:  # the load generator's own decoding cost does not count, but less of it is faster
+    from orjson import loads
+except ImportError:  # pragma: no cover
+    from json import loads
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+LOGIN = {"username": "alice", "password": "wonderland"}
+SIO_TOKEN = "bench-token"
+WAIT = 30.0  # seconds: the longest any single reply or delivery may take
+CHAT, ACK, OTHER = "chat", "ack", "other"
+
+
+class ScenarioError(RuntimeError):
+    pass
+
+
+# -- protocols -------------------------------------------------------------------------
+
+
+class V1:
+    """Protocol v1 (protocol.md): our server, and raw_server.py in JSON mode."""
+
+    name = "v1"
+    path = "/ws"
+    login = False
+
+    async def setup(self, session: aiohttp.ClientSession, base: str) -> None:
+        if not self.login:
+            return
+        async with session.post(base + "/api/login", json=LOGIN) as response:
+            if response.status != 200:
+                raise ScenarioError(f"login failed: {response.status} {await response.text()}")
+
+    async def connect(self, session: aiohttp.ClientSession, base: str) -> aiohttp.ClientWebSocketResponse:
+        ws = await session.ws_connect(base.replace("http", "ws", 1) + self.path, autoping=True,
+                                      max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=WAIT))
+        try:
+            await self.opened(ws)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def opened(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        first = loads(await recv_text(ws, self))
+        if first.get("event") != "connected" or first["data"].get("user") is None:
+            raise ScenarioError(f"expected an authenticated `connected` frame, got {first!r}")
+
+    def is_ping(self, text: str) -> bool:
+        return False
+
+    def echo(self, n: int, data: Any) -> str:
+        return _dumps({"event": "echo", "data": data, "id": n})
+
+    def check_echo(self, text: str, n: int, sent: str) -> None:
+        frame = loads(text)
+        if frame.get("ack") != n or "error" in frame:
+            raise ScenarioError(f"expected the ack of {n}, got {text[:200]}")
+
+    def join(self, n: int, room: str) -> str:
+        return _dumps({"event": "join", "data": {"room": room}, "id": n})
+
+    def chat(self, n: int, room: str, text: str) -> str:
+        return _dumps({"event": "chat", "data": {"room": room, "text": text}, "id": n})
+
+    def classify(self, text: str) -> tuple[str, Any]:
+        frame = loads(text)
+        if frame.get("event") == "chat":
+            return CHAT, frame["data"]["text"]
+        if "ack" in frame:
+            if "error" in frame:
+                raise ScenarioError(f"error ack: {text[:200]}")
+            return ACK, frame["ack"]
+        return OTHER, text
+
+
+class Ours(V1):
+    name = "ours"
+    login = True
+
+
+class Raw(V1):
+    name = "raw"
+
+
+class RawStr(V1):
+    """raw_server.py --mode str: the frame comes back verbatim."""
+
+    name = "rawstr"
+
+    def check_echo(self, text: str, n: int, sent: str) -> None:
+        if text != sent:
+            raise ScenarioError(f"expected the echo of {sent[:100]}, got {text[:200]}")
+
+
+class SocketIO(V1):
+    """Engine.IO v4 + Socket.IO v5 over a websocket, without the polling transport:
+    open `0{...}`, connect `40{auth}` -> `40{"sid"}`, event `42["e",d]`, with an ack id
+    `42N["e",d]` -> `43N[result]`, ping `2` -> pong `3`."""
+
+    name = "sio"
+    path = "/socket.io/?EIO=4&transport=websocket"
+
+    async def opened(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        first = await recv_text(ws, self)
+        if not first.startswith("0{"):
+            raise ScenarioError(f"expected an Engine.IO open packet, got {first[:200]!r}")
+        await ws.send_str("40" + _dumps({"token": SIO_TOKEN}))
+        answer = await recv_text(ws, self)
+        if not answer.startswith("40{"):
+            raise ScenarioError(f"expected a Socket.IO connect answer, got {answer[:200]!r}")
+
+    def is_ping(self, text: str) -> bool:
+        return text == "2"
+
+    def echo(self, n: int, data: Any) -> str:
+        return f"42{n}" + _dumps(["echo", data])
+
+    def check_echo(self, text: str, n: int, sent: str) -> None:
+        if not text.startswith(f"43{n}["):
+            raise ScenarioError(f"expected the ack of {n}, got {text[:200]}")
+
+    def join(self, n: int, room: str) -> str:
+        return f"42{n}" + _dumps(["join", {"room": room}])
+
+    def chat(self, n: int, room: str, text: str) -> str:
+        return f"42{n}" + _dumps(["chat", {"room": room, "text": text}])
+
+    def classify(self, text: str) -> tuple[str, Any]:
+        if text.startswith('42["chat",'):
+            return CHAT, loads(text[2:])[1]["text"]
+        if text.startswith("43"):
+            return ACK, int(text[2:text.index("[")])
+        return OTHER, text
+
+
+PROTOCOLS: dict[str, type[V1]] = {"ours": Ours, "raw": Raw, "rawstr": RawStr, "sio": SocketIO}
+
+
+async def recv_text(ws: aiohttp.ClientWebSocketResponse, proto: V1) -> str:
+    """The next text frame, answering Engine.IO pings on the way."""
+    while True:
+        msg = await ws.receive(WAIT)  # a timeout of its own: no task per receive
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            if proto.is_ping(msg.data):
+                await ws.send_str("3")
+                continue
+            return msg.data
+        raise ScenarioError(f"socket closed: {msg.type.name} code={ws.close_code} {msg.extra or ''}")
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+class Meter:
+    """CPU seconds of the server processes (and of this process) over the measured window."""
+
+    def __init__(self, pids: list[int], others: dict[str, int]) -> None:
+        self.pids = pids
+        self.others = others
+        self.counting = False
+
+    def _sample(self) -> tuple[float, dict[int, float], dict[str, float], float, tuple[float, float]]:
+        own = os.times()
+        return (time.perf_counter(), {p: cpu_seconds(p) for p in self.pids},
+                {k: cpu_seconds(p) for k, p in self.others.items()}, own.user + own.system,
+                machine_cpu_seconds())
+
+    def start(self) -> None:
+        self._start = self._sample()
+        self.counting = True
+
+    def stop(self) -> None:
+        self.counting = False
+        self._stop = self._sample()
+
+    def figures(self, units: int, latencies: list[float] | None = None) -> dict[str, Any]:
+        (t0, c0, o0, l0, m0), (t1, c1, o1, l1, m1) = self._start, self._stop
+        wall = t1 - t0
+        per_pid = {str(p): c1[p] - c0[p] for p in self.pids}
+        cpu = sum(per_pid.values())
+        others = {k: o1[k] - o0[k] for k in self.others}
+        # Everything else the machine did meanwhile (other users' work: noise), roughly:
+        # softirq time of loopback traffic is counted here too.
+        foreign = (m1[0] - m0[0]) - cpu - sum(others.values()) - (l1 - l0)
+        return {
+            "units": units,
+            "wall": wall,
+            "throughput": units / wall if wall > 0 else 0.0,
+            "server_cpu": cpu,
+            "server_cpu_per_pid": per_pid,
+            "server_cpu_per_unit": cpu / units if units else None,
+            "server_util": cpu / wall if wall > 0 else 0.0,
+            "other_cpu": others,
+            "other_cpu_per_unit": {k: v / units if units else None for k, v in others.items()},
+            "loadgen_util": (l1 - l0) / wall if wall > 0 else 0.0,
+            "foreign_util": foreign / wall if wall > 0 else 0.0,
+            "steal_util": (m1[1] - m0[1]) / wall if wall > 0 else 0.0,
+            "latency": summarize(latencies or []),
+        }
+
+
+def summarize(latencies: list[float]) -> dict[str, Any]:
+    if not latencies:
+        return {"n": 0}
+    ordered = sorted(latencies)
+
+    def rank(p: float) -> float:  # nearest-rank percentile
+        return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+    return {"n": len(ordered), "p50": rank(0.50), "p99": rank(0.99), "mean": sum(ordered) / len(ordered),
+            "max": ordered[-1]}
+
+
+async def watch(tasks: list[asyncio.Task[Any]], seconds: float) -> None:
+    """Sleep `seconds`, but raise at once the error of any task that failed meanwhile."""
+    if not tasks:
+        await asyncio.sleep(seconds)
+        return
+    done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def finish(tasks: list[asyncio.Task[Any]], timeout: float = WAIT) -> None:
+    """Wait for tasks that are stopping by themselves; cancel what is left, re-raise errors."""
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def connect_many(count: int, connect: Callable[[int], Awaitable[aiohttp.ClientWebSocketResponse]],
+                       concurrency: int = 50) -> list[aiohttp.ClientWebSocketResponse]:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> aiohttp.ClientWebSocketResponse:
+        async with limit:
+            return await connect(i)
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def client_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),  # sockets are not pooled: no cap on them
+        cookie_jar=aiohttp.CookieJar(unsafe=True),  # keep the login cookie of 127.0.0.1
+        timeout=aiohttp.ClientTimeout(total=None, connect=WAIT, sock_read=None),
+    )
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+async def echo(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    base = args.url[0]
+    async with client_session() as session:
+        await proto.setup(session, base)
+        sockets = await connect_many(args.connections, lambda i: proto.connect(session, base))
+        latencies: list[float] = []
+        count = 0
+        stopping = False
+
+        async def ping_pong(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal count
+            n = 0
+            while not stopping:
+                n += 1
+                sent = proto.echo(n, {"text": "hello world", "seq": n})
+                t = time.perf_counter()
+                await ws.send_str(sent)
+                text = await recv_text(ws, proto)
+                dt = time.perf_counter() - t
+                proto.check_echo(text, n, sent)
+                if meter.counting:
+                    count += 1
+                    latencies.append(dt)
+
+        tasks = [asyncio.create_task(ping_pong(ws)) for ws in sockets]
+        await watch(tasks, args.warmup)
+        meter.start()
+        await watch(tasks, args.duration)
+        meter.stop()
+        stopping = True
+        units = count
+        await finish(tasks)
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    return {**meter.figures(units, latencies), "unit": "message", "connections": args.connections}
+
+
+async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    bases, room, n = args.url, "lobby", args.connections
+    async with client_session() as session:
+        await proto.setup(session, bases[0])
+        # Socket i goes to server i % len(bases): the sender, socket 0, to the first one.
+        sockets = await connect_many(n, lambda i: proto.connect(session, bases[i % len(bases)]))
+
+        async def join(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_str(proto.join(1, room))
+            kind, ident = proto.classify(await recv_text(ws, proto))
+            if (kind, ident) != (ACK, 1):
+                raise ScenarioError(f"expected the ack of join, got {kind} {ident}")
+
+        limit = asyncio.Semaphore(50)
+
+        async def join_limited(ws: aiohttp.ClientWebSocketResponse) -> None:
+            async with limit:
+                await join(ws)
+
+        await asyncio.gather(*(join_limited(ws) for ws in sockets))
+
+        delivered = 0
+        target = 0
+        all_delivered = asyncio.Event()
+        acked = asyncio.Event()
+        sender = sockets[0]
+        expected_ack = 0
+
+        async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal delivered
+            while True:
+                kind, ident = proto.classify(await recv_text(ws, proto))
+                if kind == CHAT:
+                    delivered += 1
+                    if delivered >= target:
+                        all_delivered.set()
+                elif kind == ACK and ws is sender and ident == expected_ack:
+                    acked.set()
+                else:
+                    raise ScenarioError(f"unexpected frame in the fan-out: {kind} {ident}")
+
+        readers = [asyncio.create_task(read(ws)) for ws in sockets]
+        latencies: list[float] = []
+        messages = 0
+        stopping = False
+
+        async def send() -> None:
+            nonlocal target, expected_ack, messages
+            k = 0
+            while not stopping:
+                k += 1
+                target = k * n  # every socket, the sender included, gets every message
+                expected_ack = k + 1  # id 1 was the join
+                all_delivered.clear()
+                acked.clear()
+                t = time.perf_counter()
+                await sender.send_str(proto.chat(k + 1, room, f"m{k}"))
+                try:
+                    await asyncio.wait_for(asyncio.gather(all_delivered.wait(), acked.wait()), WAIT)
+                except asyncio.TimeoutError:
+                    raise ScenarioError(f"message {k}: {delivered - (k - 1) * n} of {n} deliveries "
+                                        f"within {WAIT:g} s, ack {'seen' if acked.is_set() else 'missing'}")
+                if meter.counting:
+                    messages += 1
+                    latencies.append(time.perf_counter() - t)
+
+        sending = asyncio.create_task(send())
+        await watch(readers + [sending], args.warmup)
+        meter.start()
+        first = delivered
+        await watch(readers + [sending], args.duration)
+        meter.stop()
+        units = delivered - first
+        stopping = True
+        await finish([sending])
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    # Closing 1,000 sockets one handshake at a time takes long: leaving the session aborts them.
+    return {**meter.figures(units, latencies), "unit": "delivery", "connections": n,
+            "messages": messages, "servers": len(bases), "latency_of": "send -> all deliveries and the ack"}
+
+
+async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    base = args.url[0]
+    async with client_session() as session:
+        await proto.setup(session, base)
+        latencies: list[float] = []
+        count = 0
+        stopping = False
+
+        async def loop() -> None:
+            nonlocal count
+            while not stopping:
+                t = time.perf_counter()
+                ws = await proto.connect(session, base)
+                await ws.close()
+                dt = time.perf_counter() - t
+                if meter.counting:
+                    count += 1
+                    latencies.append(dt)
+
+        tasks = [asyncio.create_task(loop()) for _ in range(args.connections)]
+        await watch(tasks, args.warmup)
+        meter.start()
+        await watch(tasks, args.duration)
+        meter.stop()
+        stopping = True
+        units = count
+        await finish(tasks)
+    return {**meter.figures(units, latencies), "unit": "handshake", "concurrency": args.connections,
+            "latency_of": "upgrade -> first frame -> close"}
+
+
+async def idle(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    base, pid, n = args.url[0], args.pid[0], args.connections
+    async with client_session() as session:
+        await proto.setup(session, base)
+        for _ in range(20):  # warm the code paths (and their lazy imports) up first
+            await (await proto.connect(session, base)).close()
+        await asyncio.sleep(0.5)
+        rss_before = rss_bytes(pid)
+        meter.start()
+        sockets = await connect_many(n, lambda i: proto.connect(session, base))
+
+        async def keep(ws: aiohttp.ClientWebSocketResponse) -> None:  # answers pings
+            while True:
+                await recv_text(ws, proto)
+
+        keepers = [asyncio.create_task(keep(ws)) for ws in sockets]
+        await watch(keepers, args.settle)
+        meter.stop()
+        rss_after = rss_bytes(pid)
+        for task in keepers:
+            task.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+    figures = meter.figures(n)
+    return {**figures, "unit": "connection", "connections": n, "rss_before": rss_before,
+            "rss_after": rss_after, "rss_per_connection": (rss_after - rss_before) / n,
+            "note": "server_cpu_per_unit here is the handshake cost while opening the connections"}
+
+
+SCENARIOS = {"echo": echo, "fanout": fanout, "handshake": handshake, "idle": idle}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--proto", choices=sorted(PROTOCOLS), required=True)
+    p.add_argument("--url", action="append", required=True, help="http://127.0.0.1:PORT (repeatable: fanout)")
+    p.add_argument("--pid", action="append", type=int, required=True, help="a server pid to measure (repeatable)")
+    p.add_argument("--other-pid", action="append", default=[], metavar="NAME=PID",
+                   help="another process to report the CPU of, e.g. redis=1234")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="the load generator's event loop (auto: uvloop when installed); servers never use uvloop")
+    p.add_argument("--settle", type=float, default=2.0, help="idle: seconds to wait before reading RSS")
+    for url in (args := p.parse_args(argv)).url:
+        if not url.startswith(("http://127.", "http://localhost")):
+            p.error("the load generator only drives servers on this machine (127.0.0.0/8)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    raise_open_files()
+    others = dict(item.split("=", 1) for item in args.other_pid)
+    meter = Meter(args.pid, {k: int(v) for k, v in others.items()})
+    proto = PROTOCOLS[args.proto]()
+    started = time.perf_counter()
+    loop = args.loop
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    scenario = SCENARIOS[args.scenario](args, proto, meter)
+    if loop == "uvloop":  # a cheaper client loop gets the servers closer to saturation
+        import uvloop
+        result = uvloop.run(scenario)
+    else:
+        result = asyncio.run(scenario)
+    result.update(scenario=args.scenario, proto=args.proto, loop=loop, elapsed=time.perf_counter() - started)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
