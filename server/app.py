@@ -7,6 +7,9 @@ from pathlib import Path
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import Settings, load_fernet
 from .cors import cors_middleware
@@ -34,7 +37,11 @@ def make_sessions(settings: Settings) -> SessionBridge:
         secure=settings.secure_cookies or None,
     )
     if settings.redis_url:
-        return RedisSessionBridge(Redis.from_url(settings.redis_url), settings.session_max_age, **cookie)
+        # One retry on a new connection: after a Redis restart every pooled connection is
+        # stale, and each would otherwise fail one command with `unavailable`.
+        redis = Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+                               retry_on_error=[RedisConnectionError])
+        return RedisSessionBridge(redis, settings.session_max_age, **cookie)
     return CookieSessionBridge(load_fernet(settings), settings.session_max_age, **cookie)
 
 

@@ -63,6 +63,11 @@ class Backplane(ABC):
     async def stop(self) -> None:
         """Stop delivering and release resources."""
 
+    @property
+    def healthy(self) -> bool:
+        """Whether messages reach every hub now."""
+        return True
+
 
 class LocalBackplane(Backplane):
     """Everything in this process: a publish is a direct call, a count is a set's size."""

@@ -122,10 +122,10 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
-        if await sessions.ping():
+        if await sessions.ping() and hub.backplane.healthy:
             return web.json_response({"ok": True})
         return web.json_response({"ok": False, "error": {"code": "unavailable",
-                                                          "message": "the session store is unreachable"}}, status=503)
+                                                          "message": "Redis is unreachable"}}, status=503)
 
     app.add_routes(routes)
 

@@ -8,6 +8,8 @@ is published while Redis is unreachable, or while a subscriber is reconnecting, 
 Room sizes live in one Redis hash per room, `instance -> sockets of that instance`, next
 to a key per live instance that expires unless renewed. A crashed instance's members stop
 counting when its key expires (`ttl` seconds at most) and are deleted by the next count.
+An instance that finds its own key gone (an outage longer than `ttl`, a Redis restart)
+writes all its sizes again; its own size is always counted from memory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class RedisBackplane(Backplane):
         self._deliver: Deliver | None = None
         self._rooms: Rooms | None = None
         self._unsynced: set[str] = set()  # rooms whose size Redis missed during an outage
+        self._counted: set[str] = set()  # rooms this instance has members of, in Redis
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()  # set while the subscription is live
@@ -57,6 +60,10 @@ class RedisBackplane(Backplane):
             await self.redis.delete(self._instance_key + self.instance)
         except RedisError:
             pass  # the key expires by itself
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected.is_set()
 
     async def publish(self, message: Message) -> None:
         assert self._deliver is not None, "the backplane is not started"
@@ -78,19 +85,19 @@ class RedisBackplane(Backplane):
     async def count(self, room: str) -> int:
         try:
             sizes = await self.redis.hgetall(self._rooms_key + room)
-            if not sizes:
-                return 0
             instances = list(sizes)
-            alive = await self.redis.mget([self._instance_key + i.decode() for i in instances])
+            alive = await self.redis.mget([self._instance_key + i.decode() for i in instances]) if sizes else []
         except RedisError:
             raise Unavailable("room sizes are unavailable while Redis is unreachable") from None
-        dead = [i for i, a in zip(instances, alive) if a is None]
+        me = self.instance.encode()
+        dead = [i for i, a in zip(instances, alive) if a is None and i != me]
         if dead:
             try:
                 await self.redis.hdel(self._rooms_key + room, *dead)
             except RedisError:
                 pass
-        return sum(int(sizes[i]) for i, a in zip(instances, alive) if a is not None)
+        others = sum(int(sizes[i]) for i, a in zip(instances, alive) if a is not None and i != me)
+        return others + self._rooms.count(room)  # type: ignore[union-attr]
 
     async def _sync(self, room: str) -> None:
         """Write this instance's size of `room` to Redis."""
@@ -106,17 +113,27 @@ class RedisBackplane(Backplane):
             self._unsynced.add(room)
             raise Unavailable("rooms are unavailable while Redis is unreachable") from None
         self._unsynced.discard(room)
+        if size:
+            self._counted.add(room)
+        else:
+            self._counted.discard(room)
 
     async def _beat(self) -> None:
-        # Renew this instance's key; after an outage, write the sizes Redis missed.
         while not self._stopping.is_set():
-            try:
-                await self.redis.set(self._instance_key + self.instance, 1, px=int(self.ttl * 1000))
-                for room in list(self._unsynced):
-                    await self._sync(room)
-            except (RedisError, Unavailable):
-                pass
+            await self._renew()
             await self._pause(self.ttl / 3)
+
+    async def _renew(self) -> None:
+        """Renew this instance's key; write the sizes Redis missed or lost."""
+        assert self._rooms is not None
+        try:
+            was = await self.redis.set(self._instance_key + self.instance, 1, px=int(self.ttl * 1000), get=True)
+            if was is None:  # expired or lost: other instances have dropped our sizes
+                self._unsynced.update(self._counted)
+            for room in list(self._unsynced):
+                await self._sync(room)
+        except (RedisError, Unavailable):
+            pass
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -126,6 +143,7 @@ class RedisBackplane(Backplane):
                 await pubsub.subscribe(self._channel)
                 if delay > 0.1:
                     log.info("Redis backplane reconnected")
+                    await self._renew()  # now, not at the next beat
                 delay = 0.1
                 self.connected.set()
                 async for item in pubsub.listen():

@@ -164,22 +164,38 @@ class CookieSessionBridge(SessionBridge):
 
 
 class _RedisStorage(RedisStorage):
+    """aiohttp-session's Redis storage, with writes that cannot bring a session back.
+
+    aiohttp-session writes a request's session back whether or not it still exists, so a
+    request that was running while its session was logged out would store it again, user
+    and all, with a fresh TTL. Here a session that already had a key is written only if the
+    key is still there; an emptied session is deleted rather than stored as "{}".
+    """
+
     def __init__(self, redis: Redis, *, written: Callable[[str], None], **kw: Any) -> None:
         super().__init__(redis, **kw)
         self._written = written
+        self._set_if_exists = redis.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end "
+            "return false"
+        )
 
-    # aiohttp-session writes "{}" under the old key when a session is invalidated; an
-    # emptied session is deleted instead, so nothing of a logged-out session stays behind.
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        if session.empty and session.identity is not None:
-            key = f"{self.cookie_name}_{session.identity}"
-            await self._redis.delete(key)
-            self._written(key)
-            self.save_cookie(response, "", max_age=session.max_age)
+        if session.identity is None:  # a new session: a new key
+            await super().save_session(request, response, session)
             return
-        await super().save_session(request, response, session)
-        if session.identity is not None:
-            self._written(f"{self.cookie_name}_{session.identity}")
+        key = f"{self.cookie_name}_{session.identity}"
+        try:
+            if session.empty:
+                await self._redis.delete(key)
+                self.save_cookie(response, "", max_age=session.max_age)
+                return
+            data = self._encoder(self._get_session_data(session))
+            if await self._set_if_exists(keys=[key], args=[data, session.max_age or self.max_age]):
+                self.save_cookie(response, session.identity, max_age=session.max_age)
+        finally:
+            self._written(key)
 
 
 class RedisSessionBridge(SessionBridge):
@@ -243,15 +259,28 @@ class RedisSessionBridge(SessionBridge):
     async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
         if handle.key is None:
             raise SessionReadOnly("this socket has no stored session to save")
-        session = handle.session
-        value = json.dumps({"created": session.created, "session": {**session, **changes}})
+        key = handle.key
+
+        async def merge(pipe: Any) -> bytes | None:
+            # Onto the stored session, not the socket's copy: keys this write does not
+            # change keep what other writers stored; a deleted session stays deleted.
+            raw = await pipe.get(key)
+            if raw is None:
+                return None
+            stored = json.loads(raw)
+            stored["session"].update(changes)
+            value = json.dumps(stored).encode()
+            pipe.multi()
+            pipe.set(key, value, keepttl=True)
+            return value
+
         try:
-            await self.redis.set(handle.key, value, ex=self.max_age)
+            value = await self.redis.transaction(merge, key, value_from_callable=True)
         except RedisError:
             raise Unavailable("the session store is unavailable; nothing was saved") from None
         finally:
-            self._written(handle.key)  # even a failed SET may have been applied
-        session.update(changes)
+            self._written(key)  # even a failed write may have been applied
+        handle.session = self._replace(handle, value)  # raises if the session is gone
 
     async def ping(self) -> bool:
         try:

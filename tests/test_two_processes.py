@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.helpers import Browser, RunPy, call, expect_close, expect_event
+from tests.helpers import Browser, RunPy, ask, call, expect_close, expect_event
 
 TTL = 1.0
 
@@ -87,3 +87,42 @@ async def test_a_killed_process_leaves_no_ghost_members(pair):
         await a.stop(signal.SIGKILL)
         await asyncio.sleep(TTL + 0.2)  # the cleanup bound is a time: the dead instance's key expires
         assert (await call(on_b, "join", {"room": "lobby"}))["members"] == 1
+
+
+async def healthy(*servers: RunPy, timeout: float = 15.0) -> None:
+    """Wait until every server's /healthz answers 200 (Redis and its subscription are back)."""
+    async with Browser(servers[0].url) as probe:
+        async with asyncio.timeout(timeout):
+            for server in servers:
+                probe.base_url = server.url.rstrip("/")
+                while (await probe.call("GET", "/healthz"))[0] != 200:
+                    await asyncio.sleep(0.05)
+
+
+async def test_a_long_outage_loses_no_socket_member_or_message(pair, redis_server):
+    """Redis away for longer than the instance TTL: instance keys expire, and must come back."""
+    a, b = pair
+    async with Browser(a.url) as alice, Browser(b.url) as bob, Browser(b.url) as carol:
+        await alice.login("alice")
+        await bob.login("bob")
+        await carol.login("bob")
+        on_a, on_b = await alice.connect(), await bob.connect()
+        await call(on_a, "join", {"room": "lobby"})
+        assert (await call(on_b, "join", {"room": "lobby"}))["members"] == 2
+
+        redis_server.stop()
+        assert (await ask(on_a, "echo", 1))["error"]["code"] == "unavailable"
+        assert (await alice.call("GET", "/healthz"))[0] == 503
+        await asyncio.sleep(TTL + 0.5)  # past the instance TTL: Redis drops both instance keys
+        redis_server.start()
+        await healthy(a, b)
+
+        # The same sockets work at once (no stale connection answers `unavailable`)...
+        assert await call(on_a, "echo", 2) == 2
+        assert await call(on_b, "echo", 3) == 3
+        # ...messages cross instances as soon as /healthz says so...
+        await on_a.send_str(json.dumps({"event": "chat", "data": {"room": "lobby", "text": "back"}}))
+        assert (await expect_event(on_b, "chat"))["text"] == "back"
+        # ...and every member still counts, on both instances.
+        assert (await call(await carol.connect(), "join", {"room": "lobby"}))["members"] == 3
+        assert (await call(on_a, "leave", {"room": "lobby"}))["members"] == 2
