@@ -17,12 +17,13 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from .codes import CloseCode
-from .errors import Forbidden, InvalidData
+from .errors import Forbidden, InvalidData, RequestFailed
 from .http_errors import json_error
 from .hub import Hub, session_room, user_room
 from .sockets import Socket
 
 ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+MAX_CONFIRM_TIMEOUT = 60
 MAX_TEXT = 2000
 INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
@@ -100,8 +101,8 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
 
     @routes.get("/api/me")
     async def me(request: web.Request) -> web.Response:
-        _, user = await logged_in(request)
-        return web.json_response({"user": user})
+        session, user = await logged_in(request)
+        return web.json_response({"user": user, "count": session.get("count", 0)})
 
     @routes.post("/api/incr")
     async def incr(request: web.Request) -> web.Response:
@@ -167,6 +168,26 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
         await socket.update_session({"count": count})
         await hub.emit("count", {"count": count}, room=session_room(socket.session), skip=socket)
         return {"count": count}
+
+
+    @hub.on("confirm")
+    async def confirm(socket: Socket, data: Any) -> dict[str, Any]:
+        # A server request: the server asks this socket and waits for its ack.
+        question = data.get("question") if type(data) is dict else None
+        timeout = data.get("timeout", 10) if type(data) is dict else None
+        if type(question) is not str or not 0 < len(question) <= MAX_TEXT:
+            raise InvalidData(f'"question" must be a string of 1 to {MAX_TEXT} characters')
+        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_CONFIRM_TIMEOUT:
+            raise InvalidData(f'"timeout" must be a number of seconds, more than 0 and at most {MAX_CONFIRM_TIMEOUT}')
+        try:
+            answer = await socket.request("confirm", {"question": question}, timeout=timeout)
+        except RequestFailed as exc:
+            return {"declined": exc.code}
+        return {"answer": answer}
+
+    @hub.on("fail")
+    async def fail(socket: Socket, data: Any) -> None:
+        raise RuntimeError("the demo's fail event raises on purpose")
 
 
 def room_of(data: Any) -> str:

@@ -191,3 +191,33 @@ async def test_emit_from_http_to_everyone_and_to_all_but_one(serve, settings):
         await call(wa, "shout", "to all but me")
         assert await expect_event(wb, "shout") == "to all but me"
         assert await call(wa, "echo", "nothing before this") == "nothing before this"
+
+
+async def test_the_demo_confirm_event_asks_the_client_and_times_out(alice):
+    ws = await alice.connect()
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?"}, "id": 1}))
+    request = await receive_json(ws)
+    assert request["event"] == "confirm" and request["data"] == {"question": "sure?"}
+    await ws.send_str(json.dumps({"ack": request["id"], "data": "yes"}))
+    assert await receive_json(ws) == {"ack": 1, "data": {"answer": "yes"}}
+
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "really?"}, "id": 2}))
+    request = await receive_json(ws)
+    await ws.send_str(json.dumps({"ack": request["id"], "error": {"code": "no_thanks", "message": "no"}}))
+    assert await receive_json(ws) == {"ack": 2, "data": {"declined": "no_thanks"}}
+
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "hello?", "timeout": 0.2}, "id": 3}))
+    assert (await receive_json(ws))["event"] == "confirm"  # left unanswered
+    ack = await receive_json(ws)
+    assert ack["ack"] == 3 and ack["error"]["code"] == "timeout"
+    for bad in ({"question": ""}, {"question": "q", "timeout": 0}, {"question": "q", "timeout": 61}, None):
+        assert (await ask(ws, "confirm", bad))["error"]["code"] == "invalid_data"
+    assert await call(ws, "echo", "still open") == "still open"
+
+
+async def test_the_demo_fail_event_answers_internal_without_details(alice, caplog):
+    ws = await alice.connect()
+    ack = await ask(ws, "fail")
+    assert ack["error"] == {"code": "internal", "message": "the server failed to handle this event"}
+    assert "raises on purpose" in caplog.text  # the traceback is in the server log
+    assert await call(ws, "echo", "still open") == "still open"

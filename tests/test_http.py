@@ -9,7 +9,7 @@ async def test_login_me_logout(browser):
     assert await browser.call("GET", "/api/me") == (401, {"error": {"code": "unauthorized", "message": "log in first"}})
     status, body = await browser.call("POST", "/api/login", {"username": "alice", "password": "wonderland"})
     assert (status, body) == (200, {"user": {"id": 1, "name": "alice"}})
-    assert await browser.call("GET", "/api/me") == (200, {"user": {"id": 1, "name": "alice"}})
+    assert await browser.call("GET", "/api/me") == (200, {"user": {"id": 1, "name": "alice"}, "count": 0})
     assert await browser.call("POST", "/api/logout") == (200, {"ok": True})
     assert (await browser.call("GET", "/api/me"))[0] == 401
 

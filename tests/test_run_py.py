@@ -58,7 +58,7 @@ async def test_the_key_file_keeps_everyone_logged_in_across_restarts(tmp_path):
             await b.login("bob")
         async with RunPy(env=env) as second:
             b.base_url = second.url.rstrip("/")
-            assert (await b.call("GET", "/api/me"))[1] == {"user": {"id": 2, "name": "bob"}}
+            assert (await b.call("GET", "/api/me"))[1] == {"user": {"id": 2, "name": "bob"}, "count": 0}
             ws = await b.connect()
             assert ws.connected["user"]["name"] == "bob"
 
