@@ -57,42 +57,44 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     """Settings from command-line options, falling back to environment variables."""
     env = environ.get
     d = Settings()
+    # Defaults are strings: argparse converts them with `type`, so a bad environment value
+    # is a usage error naming the option, not a traceback.
     p = argparse.ArgumentParser(
         prog="run.py",
         description="Serve the demo app: websockets that share the session of the HTTP routes.",
         epilog="Each option can also be set by the environment variable shown in capitals.",
     )
     p.add_argument("--host", default=env("HOST", d.host), help="HOST: interface to listen on (%(default)s)")
-    p.add_argument("--port", type=int, default=int(env("PORT", d.port)), help="PORT (%(default)s)")
+    p.add_argument("--port", type=int, default=env("PORT", str(d.port)), help="PORT (%(default)s)")
     p.add_argument("--redis", dest="redis_url", metavar="URL", default=env("REDIS_URL") or None,
                    help="REDIS_URL: keep sessions in Redis (e.g. redis://127.0.0.1:6379/0); "
                         "unset: encrypted cookies")
     p.add_argument("--session-max-age", type=int, metavar="SECONDS",
-                   default=int(env("SESSION_MAX_AGE", d.session_max_age)),
+                   default=env("SESSION_MAX_AGE", str(d.session_max_age)),
                    help="SESSION_MAX_AGE: a session ends this long after login (%(default)s)")
     p.add_argument("--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
                    help="ALLOWED_ORIGINS (comma-separated): another origin, exactly scheme://host[:port], "
                         "that may open sockets and call the API with credentials; repeatable")
     p.add_argument("--max-message-size", type=int, metavar="BYTES",
-                   default=int(env("MAX_MESSAGE_SIZE", d.max_message_size)),
+                   default=env("MAX_MESSAGE_SIZE", str(d.max_message_size)),
                    help="MAX_MESSAGE_SIZE: larger frames close the socket with 1009 (%(default)s)")
     p.add_argument("--secure-cookies", action="store_true", default=_flag(env("SECURE_COOKIES")),
                    help="SECURE_COOKIES=1: mark the session cookie Secure (when served over HTTPS)")
-    p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=float(env("HEARTBEAT", d.heartbeat)),
+    p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=env("HEARTBEAT", str(d.heartbeat)),
                    help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", d.log_level),
                    choices=["debug", "info", "warning", "error"], type=str.lower, help="LOG_LEVEL (%(default)s)")
     p.add_argument("--session-check-interval", type=float, metavar="SECONDS",
-                   default=float(env("SESSION_CHECK_INTERVAL", d.session_check_interval)),
+                   default=env("SESSION_CHECK_INTERVAL", str(d.session_check_interval)),
                    help="SESSION_CHECK_INTERVAL: how often idle sockets' sessions are checked for "
                         "expiry and logout (%(default)s)")
-    p.add_argument("--rate-limit", type=float, metavar="EVENTS", default=float(env("RATE_LIMIT", d.rate_limit)),
+    p.add_argument("--rate-limit", type=float, metavar="EVENTS", default=env("RATE_LIMIT", str(d.rate_limit)),
                    help="RATE_LIMIT: events per second per socket, bursts of twice that (%(default)s; 0: off)")
-    p.add_argument("--send-limit", type=int, metavar="BYTES", default=int(env("SEND_LIMIT", d.send_limit)),
+    p.add_argument("--send-limit", type=int, metavar="BYTES", default=env("SEND_LIMIT", str(d.send_limit)),
                    help="SEND_LIMIT: bytes waiting for a client that does not read before it is "
                         "closed with 4408 (%(default)s)")
     p.add_argument("--instance-ttl", type=float, metavar="SECONDS",
-                   default=float(env("INSTANCE_TTL", d.instance_ttl)),
+                   default=env("INSTANCE_TTL", str(d.instance_ttl)),
                    help="INSTANCE_TTL: with --redis, a crashed process's sockets stop counting in "
                         "room sizes after this long (%(default)s)")
     args = p.parse_args(argv)

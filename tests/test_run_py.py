@@ -86,3 +86,10 @@ async def test_options_from_environment_variables(tmp_path):
             ws = await b.connect()
             await ws.send_str('{"event": "echo", "data": "%s"}' % ("x" * 100))
             await expect_close(ws, 1009)
+
+
+def test_a_bad_number_in_the_environment_is_a_usage_error():
+    env = {**os.environ, "PORT": "abc"}
+    out = subprocess.run([sys.executable, str(ROOT / "run.py")], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "--port: invalid int value: 'abc'" in out.stderr
+    assert "Traceback" not in out.stderr
