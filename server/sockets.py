@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -20,12 +20,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Reader(Protocol):
+    """What the transport gives a socket to reach its read loop."""
+
+    def interrupt(self) -> None:
+        """Stop reading and close the socket (a running handler may finish)."""
+
+    def read_while_waiting(self) -> None:
+        """A handler waits for the client's answer: frames must be read meanwhile."""
+
+
 class Socket:
     """A connected client. Handlers get it as their first argument."""
 
     __slots__ = (
         "id", "hub", "http_request", "handle", "user", "close_code",
-        "close_reason", "_ws", "_transport", "_send_limit", "_interrupt", "_last_request_id",
+        "close_reason", "_ws", "_transport", "_send_limit", "_reader", "_last_request_id",
         "_pending", "_closing", "__weakref__",
     )
 
@@ -41,22 +51,23 @@ class Socket:
         self._ws: web.WebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self._send_limit = 0
-        self._interrupt: Callable[[], Any] | None = None
+        self._reader: Reader | None = None
         self._last_request_id = 0
         self._pending: dict[int, asyncio.Future[Ack]] = {}
         self._closing = False
 
-    def attach(self, ws: web.WebSocketResponse, send_limit: int, interrupt: Callable[[], Any]) -> None:
+    def attach(self, ws: web.WebSocketResponse, send_limit: int, reader: Reader) -> None:
         """Bind to the prepared websocket (called by the transport).
 
         Args:
             send_limit: the bytes that may wait to be sent before the socket is closed 4408.
-            interrupt: stops the read loop, which then closes the socket (see `close`).
+            reader: what reads this socket's frames; told when the socket must close, and
+                when a server request needs the client's answer read.
         """
         self._ws = ws
         self._transport = self.http_request.transport  # type: ignore[assignment]
         self._send_limit = send_limit
-        self._interrupt = interrupt
+        self._reader = reader
         if self._transport is not None:
             # aiohttp waits for the buffer to drain past the high-water mark, which would let
             # one stuck reader hold up a broadcast; lifted to our limit, a send never waits:
@@ -119,6 +130,8 @@ class Socket:
         try:
             if not await self.send_frame(encode_event(event, data, id)):
                 raise SocketClosed(f"socket {self.id} is closed")
+            if self._reader is not None:
+                self._reader.read_while_waiting()
             async with asyncio.timeout(timeout):
                 ack = await waiter
         except TimeoutError:
@@ -186,12 +199,12 @@ class Socket:
         self.close_code = code
         self.close_reason = reason
         self._fail_pending()
-        if self._interrupt is not None:
-            self._interrupt()
+        if self._reader is not None:
+            self._reader.interrupt()
 
     def detach(self) -> None:
         """The read loop has ended (called by the transport); nothing to interrupt any more."""
-        self._interrupt = None
+        self._reader = None
 
     def connection_lost(self, code: int | None) -> None:
         """The connection ended with `code` (called by the transport)."""

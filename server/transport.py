@@ -1,11 +1,11 @@
 """The aiohttp websocket endpoint: Origin check, upgrade, read loop, and the ONE place
 where errors become wire frames and close codes (protocol.md, "Errors").
 
-Each socket's events are handled one at a time, in arrival order, by a task of its own,
-while the read loop goes on reading: so a handler can await `socket.request()` (the ack
-comes through the read loop) and acks to server requests are never stuck behind events.
-Errors about bad frames go through the same queue, so a client gets its answers in the
-order it sent the frames (protocol.md, "Ordering").
+Each socket's frames are answered one at a time, in arrival order, errors included, so a
+client gets its answers in the order it sent the frames (protocol.md, "Ordering"). Events
+run in the task that reads them, which costs no task switch per message; the first time
+a handler waits for the client (`socket.request()`), reading moves to a task of its own
+so that the client's answer can be read (`_Connection`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
 from .errors import BadFrame, CloseConnection, RateLimited, ReplyError, SocketClosed, Unavailable
@@ -91,79 +91,24 @@ class WebSocketEndpoint:
             return ws
 
         await ws.prepare(request)
-        socket.attach(ws, settings.send_limit, asyncio.current_task().cancel)  # type: ignore[union-attr]
+        connection = _Connection(self, socket, ws)
+        socket.attach(ws, settings.send_limit, connection)
         await socket.emit("connected", {"socket": socket.id, "user": socket.user})
         await self.hub.add(socket)
         log.info("socket %s connected: user %s from %s", socket.id,
                  socket.user and socket.user.get("id"), request.remote)
-        inbox = _Inbox(self, socket, settings.inbox_size)
         try:
-            await self._read(socket, ws, inbox)
+            await connection.serve()
             socket.detach()
-            if socket.close_reason is not None:
-                await self._close(socket, ws)
+            await connection.close()
         finally:
             socket.detach()
             _abort(request)
             socket.connection_lost(ws.close_code)
             await self.hub.remove(socket)
-            await inbox.stop(settings.handler_grace)
+            await connection.stop()
             log.info("socket %s closed: code %s", socket.id, socket.close_code)
         return ws
-
-    async def _read(self, socket: Socket, ws: web.WebSocketResponse, inbox: _Inbox) -> None:
-        try:
-            await self._read_frames(socket, ws, inbox)
-        except asyncio.CancelledError:
-            if socket.close_reason is None:
-                raise  # not `socket.close()`: the server is stopping this task
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-
-    async def _close(self, socket: Socket, ws: web.WebSocketResponse) -> None:
-        """The closing handshake the server started: send the close, wait for the answer."""
-        reason = (socket.close_reason or "").encode()[:123]  # a close frame holds 125 bytes
-        try:
-            await asyncio.wait_for(ws.close(code=socket.close_code or CloseCode.NORMAL, message=reason),
-                                   self.settings.close_timeout)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-
-    async def _read_frames(self, socket: Socket, ws: web.WebSocketResponse, inbox: _Inbox) -> None:
-        rate = self.settings.rate_limit
-        tokens = burst = 2 * rate
-        last = time.monotonic()
-        while True:
-            msg = await ws.receive()
-            if msg.type is WSMsgType.TEXT:
-                try:
-                    frame = parse_frame(msg.data)
-                except BadFrame as exc:
-                    await inbox.put(exc)
-                    continue
-                if type(frame) is Ack:
-                    if not socket.resolve(frame):
-                        await inbox.put(BadFrame(
-                            f"no server request {frame.ack} is waiting for an answer (it may have timed out)"))
-                    continue
-                if rate:
-                    now = time.monotonic()
-                    tokens = min(burst, tokens + (now - last) * rate)
-                    last = now
-                    if tokens < 1:
-                        await inbox.put(RateLimited(f"more than {rate:g} events per second; slow down",
-                                                    id=frame.id))
-                        continue
-                    tokens -= 1
-                await inbox.put(frame)
-            elif msg.type is WSMsgType.BINARY:
-                await inbox.put(BadFrame("binary frames are not accepted: send JSON text frames"))
-            elif msg.type is WSMsgType.ERROR:
-                code = getattr(msg.data, "code", None)
-                if code == CloseCode.MESSAGE_TOO_BIG:
-                    socket.close_code = code
-                return
-            else:  # CLOSE, CLOSING, CLOSED
-                return
 
     async def run_event(self, socket: Socket, event: Event) -> None:
         """Run one event and answer it: the one place errors become frames or closes."""
@@ -189,41 +134,162 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-class _Inbox:
-    """One socket's events (and errors about its bad frames), answered in order by one task."""
+class _Connection:
+    """One open socket's frames: read, answered in order, and closed.
 
-    def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, size: int) -> None:
-        self._endpoint = endpoint
-        self._socket = socket
-        self._queue: asyncio.Queue[Event | ReplyError] = asyncio.Queue(size)
-        self._busy = False
-        self._task = asyncio.create_task(self._run())
+    Events run in the task that reads them, one at a time: no task switch per message. A
+    handler that waits for the client's answer (`socket.request()`) needs frames read while
+    it waits, so the first such request hands reading to a task of its own, and from then
+    on that task queues the frames for the handler's task (an inbox), still in order.
+    """
 
-    async def put(self, item: Event | ReplyError) -> None:
-        await self._queue.put(item)
+    def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse) -> None:
+        self.endpoint = endpoint
+        self.settings = endpoint.settings
+        self.socket = socket
+        self.ws = ws
+        self.task = asyncio.current_task()  # the upgrade's task: it runs the events
+        self.receiving = False  # the task waits in `ws.receive()` (so it may be cancelled)
+        self.handling = False  # the task runs a handler
+        self.reader: asyncio.Task[None] | None = None  # the task that reads, once handed over
+        self.inbox: asyncio.Queue[Event | ReplyError | None] | None = None
+        self.rate_tokens = 2 * self.settings.rate_limit
+        self.rate_time = time.monotonic()
 
-    async def _run(self) -> None:
-        socket = self._socket
-        while True:
-            item = await self._queue.get()
-            if socket.closed:
-                return  # a closed socket's queued events are dropped, never run
-            if type(item) is not Event:
-                await socket.send_error(item.code, item.message, item.id)
-                continue
-            self._busy = True
+    # -- called by the socket ----------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """The socket must close: at once if no handler runs, else once it has finished
+        (it is stopped after `handler_grace` seconds). Its sends fail from now on, and its
+        server requests at once, so a handler rarely makes the close wait."""
+        if self.reader is not None:
+            self.reader.cancel()
+        elif self.receiving:
+            self.task.cancel()  # type: ignore[union-attr]
+            return
+        asyncio.get_running_loop().call_later(self.settings.handler_grace, self._stop_handler)
+
+    def read_while_waiting(self) -> None:
+        # Only needed while the reading task is busy with a handler (which may be the one
+        # waiting, or may be waiting for it).
+        if self.reader is None and self.handling:
+            self.inbox = asyncio.Queue(self.settings.inbox_size)
+            self.reader = asyncio.create_task(self._read_into_inbox())
+
+    # -- the upgrade's task ------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read and answer frames until the socket closes or must close."""
+        try:
+            await self._read()
+            if self.reader is not None:
+                await self._work()
+        except asyncio.CancelledError:
+            if self.socket.close_reason is None:
+                raise  # not `socket.close()`: the server is stopping this task
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        """The closing handshake the server started: send the close, wait for the answer."""
+        socket = self.socket
+        if socket.close_reason is None:
+            return  # the client closed, or went away
+        reason = socket.close_reason.encode()[:123]  # a close frame holds 125 bytes
+        try:
+            await asyncio.wait_for(self.ws.close(code=socket.close_code or CloseCode.NORMAL, message=reason),
+                                   self.settings.close_timeout)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+
+    async def stop(self) -> None:
+        """Stop the reading task, if there is one."""
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+    def _stop_handler(self) -> None:
+        if self.handling:
+            self.task.cancel()  # type: ignore[union-attr]
+
+    async def _read(self) -> None:
+        """Read frames and run them here, until the socket closes or reading is handed over."""
+        ws, socket = self.ws, self.socket
+        while self.reader is None and not socket.closed:
+            self.receiving = True
             try:
-                await self._endpoint.run_event(socket, item)
+                msg = await ws.receive()
             finally:
-                self._busy = False
-            if socket.closed:
+                self.receiving = False
+            item = self._accept(msg)
+            if item is None:
+                continue
+            if item is _CLOSED:
                 return
+            await self._answer(item)  # type: ignore[arg-type]
 
-    async def stop(self, grace: float) -> None:
-        """Let a running handler finish (at most `grace` seconds), drop the rest."""
-        if self._busy:
+    async def _read_into_inbox(self) -> None:
+        assert self.inbox is not None
+        try:
+            while True:
+                item = self._accept(await self.ws.receive())
+                if item is _CLOSED:
+                    return
+                if item is not None:
+                    await self.inbox.put(item)  # type: ignore[arg-type]
+        finally:
+            # The end mark for the events' task; when the inbox is full, the events it
+            # holds are dropped, as every event queued for a closing socket is.
+            while self.inbox.full():
+                self.inbox.get_nowait()
+            self.inbox.put_nowait(None)
+
+    async def _work(self) -> None:
+        """Run the events the reading task queued, until it stops."""
+        assert self.inbox is not None
+        socket = self.socket
+        while True:
+            item = await self.inbox.get()
+            if item is None or socket.closed:
+                return  # a closed socket's queued events are dropped, never run
+            await self._answer(item)  # type: ignore[arg-type]
+
+    async def _answer(self, item: Event | ReplyError) -> None:
+        if type(item) is Event:
+            self.handling = True
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-        self._task.cancel()
+                await self.endpoint.run_event(self.socket, item)
+            finally:
+                self.handling = False
+        else:
+            await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
+
+    def _accept(self, msg: WSMessage) -> Event | ReplyError | object | None:
+        """What a received message asks for: an event or an error to answer, _CLOSED, or None."""
+        socket = self.socket
+        if msg.type is WSMsgType.TEXT:
+            try:
+                frame = parse_frame(msg.data)
+            except BadFrame as exc:
+                return exc
+            if type(frame) is Ack:
+                if socket.resolve(frame):
+                    return None
+                return BadFrame(f"no server request {frame.ack} is waiting for an answer (it may have timed out)")
+            rate = self.settings.rate_limit
+            if rate:
+                now = time.monotonic()
+                self.rate_tokens = min(2 * rate, self.rate_tokens + (now - self.rate_time) * rate)
+                self.rate_time = now
+                if self.rate_tokens < 1:
+                    return RateLimited(f"more than {rate:g} events per second; slow down", id=frame.id)
+                self.rate_tokens -= 1
+            return frame
+        if msg.type is WSMsgType.BINARY:
+            return BadFrame("binary frames are not accepted: send JSON text frames")
+        if msg.type is WSMsgType.ERROR:
+            if getattr(msg.data, "code", None) == CloseCode.MESSAGE_TOO_BIG:
+                socket.close_code = CloseCode.MESSAGE_TOO_BIG
+        return _CLOSED  # ERROR, CLOSE, CLOSING, CLOSED
+
+
+_CLOSED = object()

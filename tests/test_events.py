@@ -6,7 +6,7 @@ import json
 import pytest
 
 from server.errors import RequestFailed
-from tests.helpers import Browser, ask, call, expect_event, receive_json
+from tests.helpers import Browser, ask, call, expect_close, expect_event, receive_json
 
 
 async def test_whoami_lists_joined_rooms_not_private_ones(alice):
@@ -221,3 +221,32 @@ async def test_the_demo_fail_event_answers_internal_without_details(alice, caplo
     assert ack["error"] == {"code": "internal", "message": "the server failed to handle this event"}
     assert "raises on purpose" in caplog.text  # the traceback is in the server log
     assert await call(ws, "echo", "still open") == "still open"
+
+
+async def test_events_sent_while_a_handler_waits_for_the_client_run_after_it_in_order(alice):
+    ws = await alice.connect()
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?"}, "id": 1}))
+    request = await receive_json(ws)
+    for id in range(2, 6):  # queued behind the waiting handler
+        await ws.send_str(json.dumps({"event": "echo", "data": id, "id": id}))
+    await ws.send_str("not json")
+    await ws.send_str(json.dumps({"ack": request["id"], "data": "yes"}))
+    assert await receive_json(ws) == {"ack": 1, "data": {"answer": "yes"}}
+    assert [await receive_json(ws) for _ in range(4)] == [{"ack": id, "data": id} for id in range(2, 6)]
+    assert (await receive_json(ws))["data"]["code"] == "bad_frame"
+    # Reading stays with its own task from now on; everything still works, in order.
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "again?"}, "id": 6}))
+    request = await receive_json(ws)
+    await ws.send_str(json.dumps({"ack": request["id"], "data": "no"}))
+    assert await receive_json(ws) == {"ack": 6, "data": {"answer": "no"}}
+    assert await call(ws, "echo", "ok") == "ok"
+
+
+async def test_logout_closes_a_socket_whose_handler_waits_for_the_client(alice):
+    ws = await alice.connect()
+    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?", "timeout": 30}, "id": 1}))
+    assert (await receive_json(ws))["event"] == "confirm"
+    started = asyncio.get_running_loop().time()
+    await alice.call("POST", "/api/logout")
+    await expect_close(ws, 4001)
+    assert asyncio.get_running_loop().time() - started < 2  # not after the handler's 30 s
