@@ -7,7 +7,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
 from .errors import LoggedOut, RequestFailed, RequestTimeout, SocketClosed
@@ -96,6 +96,10 @@ class Socket:
 
     async def send_frame(self, frame: str) -> bool:
         """Send a serialized frame; False if the socket is closed or being closed."""
+        return await self.send_encoded(frame.encode())
+
+    async def send_encoded(self, frame: bytes) -> bool:
+        """Send a serialized, UTF-8 encoded frame (a broadcast encodes it once for all)."""
         transport = self._transport
         if self._closing or transport is None or transport.is_closing():
             return False
@@ -103,7 +107,7 @@ class Socket:
             self.close_soon(CloseCode.TOO_SLOW, "client too slow to read")
             return False
         try:
-            await self._ws.send_str(frame)  # type: ignore[union-attr]
+            await self._ws.send_frame(frame, WSMsgType.TEXT)  # type: ignore[union-attr]
         except (ConnectionError, RuntimeError):
             return False
         return True
