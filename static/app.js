@@ -5,6 +5,10 @@ const $ = (id) => document.getElementById(id);
 const client = new Client("/ws");
 window.demo = client; // for the browser tests and the curious
 
+let shownUser = null; // whose things the page shows now; null on the login form
+const joinedRooms = new Set(); // the server forgets them with the socket: re-joined on reconnect
+let countVersion = 0; // bumped by every count the page shows, so an older answer cannot overwrite a newer one
+
 async function api(method, path, body) {
   const response = await fetch(path, {
     method,
@@ -17,13 +21,44 @@ async function api(method, path, body) {
   return reply;
 }
 
+function showCount(count) {
+  countVersion += 1;
+  $("counter").textContent = count;
+}
+
+// The counter lives in the session, and a tab hears of changes only while its socket is
+// open: ask the server (GET /api/me) on load and after every (re)connect.
+async function refreshCount() {
+  const asked = countVersion;
+  try {
+    const me = await api("GET", "/api/me");
+    // A `count` event or an incr answer that came meanwhile is at least as new: keep it.
+    if (typeof me.count === "number" && countVersion === asked) showCount(me.count);
+  } catch {
+    // Logged out meanwhile: the socket's close says so. Otherwise the next connect retries.
+  }
+}
+
+// Everything the page shows about one user, so that none of it outlives their session.
+function clearUserViews() {
+  for (const id of ["messages", "notifications"]) $(id).replaceChildren();
+  for (const id of ["user", "whoami", "room-info", "chat-error", "counter-error", "you-error"]) $(id).textContent = "";
+  for (const id of ["chat-text", "notify-text"]) $(id).value = "";
+  joinedRooms.clear();
+  showCount(0);
+}
+
 function showLoggedIn(user) {
+  if (shownUser && shownUser.id !== user.id) clearUserViews(); // another user's login replaced ours
+  shownUser = user;
   $("user").textContent = user.name;
   $("login-section").hidden = true;
   $("app-section").hidden = false;
 }
 
 function showLogin(message) {
+  clearUserViews();
+  shownUser = null;
   $("app-section").hidden = true;
   $("login-section").hidden = false;
   $("login-error").textContent = message ?? "";
@@ -44,7 +79,15 @@ client.on("state", ({state, lastClose}) => {
   $("close-info").textContent = lastClose ? `Last close: ${lastClose.code} (${lastClose.meaning})` : "";
 });
 client.on("session-ended", (close) => showLogin(`You were disconnected: ${close.meaning}. Please log in again.`));
-client.on("count", ({count}) => { $("counter").textContent = count; });
+client.on("connected", ({user}) => {
+  if (!user) return;
+  // After a 4003 the cookie may belong to a newer login as someone else: the socket says who.
+  const sameUser = shownUser?.id === user.id;
+  showLoggedIn(user);
+  refreshCount();
+  if (sameUser) for (const name of joinedRooms) rejoin(name);
+});
+client.on("count", ({count}) => showCount(count));
 client.on("chat", (m) => addLine("messages", `[${m.room}] ${m.from.name}: ${m.text}`));
 client.on("notification", (n) => addLine("notifications", `${new Date(n.ts).toLocaleTimeString()} ${n.message}`));
 
@@ -52,7 +95,9 @@ $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   try {
     const {user} = await api("POST", "/api/login", {username: $("username").value, password: $("password").value});
+    $("password").value = ""; // the next person at this screen must not log in with it
     showLoggedIn(user);
+    showCount(0); // a login starts a new session; `connected` asks for the real count anyway
     client.connect(); // now, not before: the login just set the cookie the socket needs
   } catch (error) {
     $("login-error").textContent = error.status === 401 ? "Wrong user name or password." : `Login failed: ${error.message}`;
@@ -60,8 +105,15 @@ $("login-form").addEventListener("submit", async (event) => {
 });
 
 $("logout").addEventListener("click", async () => {
-  await api("POST", "/api/logout").catch(() => {});
-  // The server closes this session's sockets with 4001; the page shows the login form then.
+  $("you-error").textContent = "";
+  try {
+    await api("POST", "/api/logout");
+  } catch (error) {
+    $("you-error").textContent = `Could not log out: ${error.message}`;
+    return;
+  }
+  // The server also closes this session's sockets (4001), in every tab; this one need not wait.
+  showLogin();
 });
 
 $("whoami-button").addEventListener("click", async () => {
@@ -75,7 +127,7 @@ $("whoami-button").addEventListener("click", async () => {
 $("incr-http").addEventListener("click", async () => {
   $("counter-error").textContent = "";
   try {
-    $("counter").textContent = (await api("POST", "/api/incr")).count;
+    showCount((await api("POST", "/api/incr")).count);
   } catch (error) {
     $("counter-error").textContent = `The server refused: ${error.message}`;
   }
@@ -84,7 +136,7 @@ $("incr-http").addEventListener("click", async () => {
 $("incr-socket").addEventListener("click", async () => {
   $("counter-error").textContent = "";
   try {
-    $("counter").textContent = (await client.request("incr")).count;
+    showCount((await client.request("incr")).count);
   } catch (error) {
     $("counter-error").textContent = error.code === "session_read_only"
       ? "The socket cannot save the session with cookie storage: use the HTTP button (or run the server with --redis)."
@@ -96,11 +148,23 @@ async function room(event) {
   const name = $("room").value;
   try {
     const {members} = await client.request(event, {room: name});
+    if (event === "join") joinedRooms.add(name);
+    else joinedRooms.delete(name);
     $("room-info").textContent = event === "join" ? `In ${name} with ${members} socket(s).` : `Left ${name}.`;
   } catch (error) {
     $("room-info").textContent = `Could not ${event} ${name}: ${error.message}`;
   }
 }
+
+async function rejoin(name) {
+  try {
+    await client.request("join", {room: name});
+  } catch (error) {
+    joinedRooms.delete(name);
+    $("room-info").textContent = `Could not join ${name} again after reconnecting: ${error.message}`;
+  }
+}
+
 $("room-form").addEventListener("submit", (event) => { event.preventDefault(); room("join"); });
 $("leave").addEventListener("click", () => room("leave"));
 
@@ -122,4 +186,12 @@ $("notify-form").addEventListener("submit", async (event) => {
 });
 
 // At load: a session from an earlier visit connects at once; otherwise the login form.
-api("GET", "/api/me").then(({user}) => { showLoggedIn(user); client.connect(); }, () => showLogin());
+// `count` in /api/me is optional: a server that does not send it leaves the counter at 0.
+api("GET", "/api/me").then(
+  (me) => {
+    showLoggedIn(me.user);
+    if (typeof me.count === "number") showCount(me.count);
+    client.connect();
+  },
+  (error) => showLogin(error.status === 401 ? "" : `Could not check your session: ${error.message}`),
+);

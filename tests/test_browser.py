@@ -36,7 +36,7 @@ async def open_page(context, url: str, sockets: list, sent: list | None = None) 
     def opened(ws) -> None:
         sockets.append(ws)
         if sent is not None:
-            ws.on("framesent", sent.append)
+            ws.on("framesent", lambda payload: sent.append(payload))
 
     page.on("websocket", opened)
     await page.goto(url)
@@ -335,8 +335,8 @@ async def test_logout_clears_what_the_previous_user_saw(chromium, server):
     await alice_says_things(page)
     await page.click("#logout")
     await expect(page.locator("#login-form")).to_be_visible()
-    await expect(page.locator("#password")).to_have_value("")
     await expect_nothing_of_alice(page)
+    await expect(page.locator("#password")).to_have_value("")  # nor can the next person log in as alice
     await log_in(page, "bob", "builder")
     await expect(page.locator("#user")).to_have_text("bob")
     await expect_nothing_of_alice(page)
