@@ -19,6 +19,7 @@ from aiohttp import web
 from .codes import CloseCode
 from .errors import Forbidden, InvalidData, RequestFailed
 from .http_errors import json_error
+from .responses import json_then
 from .hub import Hub, session_room, user_room
 from .sockets import Socket
 
@@ -90,8 +91,7 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
             raise json_error(web.HTTPUnauthorized, "bad_credentials", "wrong username or password")
         session, old = await sessions.rotate(request)
         session["user"] = user
-        await hub.disconnect_session(old, CloseCode.SESSION_REPLACED)
-        return web.json_response({"user": user})
+        return json_then({"user": user}, lambda: hub.disconnect_session(old, CloseCode.SESSION_REPLACED))
 
     @routes.post("/api/logout")
     async def logout(request: web.Request) -> web.Response:

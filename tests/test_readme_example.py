@@ -24,5 +24,8 @@ async def test_the_example_app(aiohttp_server):
         ws = await b.connect()
         assert ws.connected["user"] == {"id": 1, "name": "alice"}
         assert await call(ws, "chat", {"text": "hi"}) == {"ok": True}
+        assert (await b.call("POST", "/login"))[0] == 200  # a newer login replaces the session
+        await expect_close(ws, 4003)
+        ws = await b.connect()
         await b.call("POST", "/logout")
         await expect_close(ws, 4001)
