@@ -160,7 +160,37 @@ class CookieSessionBridge(SessionBridge):
     """Sessions in an encrypted cookie: nothing on the server, so sockets hold a snapshot."""
 
     def __init__(self, fernet: Fernet, max_age: int, **cookie: Any) -> None:
-        super().__init__(EncryptedCookieStorage(fernet, max_age=max_age, **cookie), max_age)
+        storage = EncryptedCookieStorage(RememberingFernet(fernet), max_age=max_age, **cookie)
+        super().__init__(storage, max_age)
+
+
+class RememberingFernet(Fernet):
+    """A Fernet that remembers the tokens it has decrypted.
+
+    Every request and every upgrade of a browser sends the same cookie, and decrypting it
+    (HMAC and AES through `cryptography`) is the largest part of loading a cookie session.
+    A token is immutable and unforgeable, so its plaintext can be kept; the TTL is checked
+    against the token's own timestamp on every use, as Fernet does.
+    """
+
+    def __init__(self, fernet: Fernet, max_entries: int = 10_000) -> None:  # no super(): it wants the key
+        self._fernet = fernet
+        self._max_entries = max_entries
+        self._plain: dict[bytes, tuple[int, bytes]] = {}
+
+    def encrypt(self, data: bytes) -> bytes:
+        return self._fernet.encrypt(data)
+
+    def decrypt(self, token: bytes | str, ttl: int | None = None) -> bytes:
+        key = token.encode() if isinstance(token, str) else token
+        remembered = self._plain.get(key)
+        if remembered is not None and (ttl is None or remembered[0] + ttl >= time.time()):
+            return remembered[1]
+        plain = self._fernet.decrypt(key, ttl)  # raises InvalidToken, expired ones included
+        if len(self._plain) >= self._max_entries:
+            self._plain.clear()
+        self._plain[key] = (self._fernet.extract_timestamp(key), plain)
+        return plain
 
 
 class _RedisStorage(RedisStorage):

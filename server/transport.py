@@ -72,7 +72,7 @@ class WebSocketEndpoint:
             compress=False,  # small JSON frames: compression costs CPU once per recipient
             timeout=settings.close_timeout,
         )
-        if not ws.can_prepare(request).ok:
+        if request.headers.get("Upgrade", "").lower() != "websocket":  # the rest is checked by prepare()
             raise json_error(web.HTTPBadRequest, "bad_request", "expected a websocket upgrade")
         try:
             handle = await self.hub.sessions.open(request)

@@ -4,8 +4,9 @@ import time
 
 import aiohttp
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
+from server.sessions import RememberingFernet
 from tests.helpers import Browser, call, expect_close, expect_event
 
 
@@ -88,3 +89,16 @@ async def test_plain_http_get_on_ws_is_a_json_400(browser):
     status, body = await browser.call("GET", "/ws")
     assert status == 400
     assert body["error"]["code"] == "bad_request"
+
+
+def test_a_remembered_cookie_is_still_refused_once_expired():
+    """The decrypted-cookie memory never outlives the cookie's max age."""
+    fernet = Fernet(Fernet.generate_key())
+    remembering = RememberingFernet(fernet)
+    token = fernet.encrypt_at_time(b'{"session": {}}', int(time.time()) - 100)
+    assert remembering.decrypt(token, ttl=200) == b'{"session": {}}'
+    assert remembering.decrypt(token.decode(), ttl=200) == b'{"session": {}}'  # remembered
+    with pytest.raises(InvalidToken):
+        remembering.decrypt(token, ttl=50)
+    with pytest.raises(InvalidToken):
+        remembering.decrypt(token[:-2] + b"AA", ttl=200)  # tampered: never remembered
