@@ -59,8 +59,10 @@ export class Client {
     const ws = new WebSocket(this.url);
     this._ws = ws;
     // A socket that close() gave up on may still report; it is no longer ours to act on.
+    let opened = false;
+    ws.onopen = () => { opened = true; };
     ws.onmessage = (message) => { if (this._ws === ws) this._receive(message.data); };
-    ws.onclose = (event) => { if (this._ws === ws) this._closed(event.code, event.reason); };
+    ws.onclose = (event) => { if (this._ws === ws) this._closed(event.code, event.reason, opened); };
   }
 
   close() {
@@ -214,18 +216,22 @@ export class Client {
     }
   }
 
-  _closed(code, reason) {
+  _closed(code, reason, opened) {
     this._ws = null;
-    this.lastClose = {code, reason, meaning: CLOSE_MEANINGS[code] ?? `closed (${code})`};
+    // A reconnect attempt that found no server (1006 before the socket opened) is counted
+    // in reconnectAttempts; the close that matters (1001, say) stays the one shown.
+    if (opened || code !== 1006 || !this.lastClose) {
+      this.lastClose = {code, reason, meaning: CLOSE_MEANINGS[code] ?? `closed (${code})`};
+    }
     this._failInFlight();
     if (!this._wanted || DO_NOT_RETRY.has(code)) {
       this._ended(code);
       return;
     }
     this._setState("reconnecting");
-    // 4003: a newer login gave this browser a new cookie, so no backoff. But the server
-    // closes before its answer to that login (which carries the cookie) reaches the browser:
-    // a socket opened that same instant could still carry the old cookie. Hence a short pause.
+    // 4003: a newer login gave this browser a new cookie, so no backoff. The server closes
+    // only after sending the login's answer (with the cookie), but the login may have been
+    // made by another tab or tool whose cookie reaches this page a moment later: a short pause.
     const delay = code === 4003 ? this._options.replacedDelay : this._backoff();
     this.reconnectAttempts += 1;
     this._retryTimer = setTimeout(() => this.connect(), delay);
