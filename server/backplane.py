@@ -19,7 +19,7 @@ from .rooms import Rooms
 class Emit:
     """Send `frame` (already serialized) to the sockets of `room` (all if None) but `skip`."""
 
-    frame: str
+    frame: bytes
     room: str | None = None
     skip: str | None = None
 

@@ -184,10 +184,10 @@ class Hub:
         if type(message) is Emit:
             targets = self.sockets.values() if message.room is None else self.rooms.members(message.room)
             skip = message.skip
-            frame = message.frame.encode()  # once, whatever the number of recipients
+            frame = message.frame
             for socket in list(targets):
                 if socket.id != skip:
-                    await socket.send_encoded(frame)
+                    await socket.send_frame(frame)
         elif type(message) is Disconnect:
             for socket in list(self.rooms.members(message.room)):
                 socket.close_soon(message.code, message.reason)

@@ -173,7 +173,7 @@ class RedisBackplane(Backplane):
 
 def _encode(instance: str, message: Message) -> str:
     if type(message) is Emit:
-        return json.dumps({"from": instance, "emit": message.frame, "room": message.room, "skip": message.skip})
+        return json.dumps({"from": instance, "emit": message.frame.decode(), "room": message.room, "skip": message.skip})
     assert type(message) is Disconnect
     return json.dumps({"from": instance, "disconnect": message.room, "code": message.code, "reason": message.reason})
 
@@ -181,5 +181,5 @@ def _encode(instance: str, message: Message) -> str:
 def _decode(raw: bytes) -> tuple[str, Message]:
     data = json.loads(raw)
     if "emit" in data:
-        return data["from"], Emit(data["emit"], data["room"], data["skip"])
+        return data["from"], Emit(data["emit"].encode(), data["room"], data["skip"])
     return data["from"], Disconnect(data["disconnect"], data["code"], data["reason"])

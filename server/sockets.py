@@ -94,12 +94,8 @@ class Socket:
         """Send an event to this socket only; False if the socket is gone."""
         return await self.send_frame(encode_event(event, data))
 
-    async def send_frame(self, frame: str) -> bool:
-        """Send a serialized frame; False if the socket is closed or being closed."""
-        return await self.send_encoded(frame.encode())
-
-    async def send_encoded(self, frame: bytes) -> bool:
-        """Send a serialized, UTF-8 encoded frame (a broadcast encodes it once for all)."""
+    async def send_frame(self, frame: bytes) -> bool:
+        """Send a serialized frame (UTF-8 JSON); False if the socket is closed or being closed."""
         transport = self._transport
         if self._closing or transport is None or transport.is_closing():
             return False

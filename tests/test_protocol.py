@@ -75,15 +75,22 @@ def test_an_invalid_id_is_never_used_for_the_answer():
 
 
 def test_encoders():
-    assert encode_event("count", {"count": 2}) == '{"event":"count","data":{"count":2}}'
-    assert encode_event("confirm", None, 4) == '{"event":"confirm","data":null,"id":4}'
-    assert encode_ack(4, [1]) == '{"ack":4,"data":[1]}'
-    assert encode_error_ack(4, ErrorCode.FORBIDDEN, "no") == '{"ack":4,"error":{"code":"forbidden","message":"no"}}'
-    assert encode_error("bad_frame", "m") == '{"event":"error","data":{"code":"bad_frame","message":"m"}}'
+    assert encode_event("count", {"count": 2}) == b'{"event":"count","data":{"count":2}}'
+    assert encode_event("confirm", None, 4) == b'{"event":"confirm","data":null,"id":4}'
+    assert encode_ack(4, [1]) == b'{"ack":4,"data":[1]}'
+    assert encode_error_ack(4, ErrorCode.FORBIDDEN, "no") == b'{"ack":4,"error":{"code":"forbidden","message":"no"}}'
+    assert encode_error("bad_frame", "m") == b'{"event":"error","data":{"code":"bad_frame","message":"m"}}'
 
 
 def test_non_ascii_text_is_kept_as_is():
-    assert encode_event("chat", "héllo ☃") == '{"event":"chat","data":"héllo ☃"}'
+    assert encode_event("chat", "héllo ☃") == '{"event":"chat","data":"héllo ☃"}'.encode()
+
+
+def test_what_orjson_cannot_write_exactly_is_written_by_the_stdlib():
+    assert encode_ack(1, 2**70) == b'{"ack":1,"data":1180591620717411303424}'
+    assert encode_ack(1, {1: "x"}) == b'{"ack":1,"data":{"1":"x"}}'
+    assert encode_ack(1, "\ud800 é") == b'{"ack":1,"data":"\\ud800 \\u00e9"}'
+    assert parse_frame(encode_ack(1, "\ud800").decode()) == Ack(1, "\ud800")
 
 
 def test_the_codec_imports_no_aiohttp_nor_asyncio():
