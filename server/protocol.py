@@ -46,7 +46,8 @@ def _reject_constant(name: str) -> Any:
 # The stdlib reads frames: it keeps integers of any size exactly (orjson reads integers
 # past 64 bits as floats). orjson writes them, several times faster; what it cannot write
 # exactly (integers past 64 bits, non-string keys, lone surrogates) goes through the
-# stdlib, which escapes non-ASCII text there so that the frame stays valid UTF-8.
+# stdlib, which escapes non-ASCII text there so that the frame stays valid UTF-8. (orjson
+# writes NaN and infinities as null; no client frame can carry them.)
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 _encode_exactly = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
