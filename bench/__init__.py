@@ -8,4 +8,5 @@
     socketio_server.py  reference: python-socketio's AsyncServer on aiohttp
     processes.py        starting, pinning, measuring and killing processes
     run.py              the runner: scenarios, rounds, medians, RESULTS.md
+    profile.py          py-spy on our server during one scenario: the top functions
 """

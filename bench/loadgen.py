@@ -11,6 +11,7 @@ Scenarios:
   them (on the first url) sends `chat` and waits for every socket's delivery and its
   ack before sending the next; unit: one delivery.
 * `handshake`: `--connections` loops of upgrade -> first frame -> close; unit: one handshake.
+  With `--fresh-cookies` (cookie storage) each upgrade sends a cookie never seen before.
 * `idle`: opens `--connections` sockets and leaves them idle; reports the RSS delta of
   the server per connection.
 
@@ -35,6 +36,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
+import aiohttp.abc
 
 from bench.processes import cpu_seconds, machine_cpu_seconds, raise_open_files, rss_bytes
 
@@ -72,8 +74,9 @@ class V1:
             if response.status != 200:
                 raise ScenarioError(f"login failed: {response.status} {await response.text()}")
 
-    async def connect(self, session: aiohttp.ClientSession, base: str) -> aiohttp.ClientWebSocketResponse:
-        ws = await session.ws_connect(base.replace("http", "ws", 1) + self.path, autoping=True,
+    async def connect(self, session: aiohttp.ClientSession, base: str,
+                      headers: dict[str, str] | None = None) -> aiohttp.ClientWebSocketResponse:
+        ws = await session.ws_connect(base.replace("http", "ws", 1) + self.path, autoping=True, headers=headers,
                                       max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=WAIT))
         try:
             await self.opened(ws)
@@ -418,10 +421,37 @@ async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str,
             "messages": messages, "servers": len(bases), "latency_of": "send -> all deliveries and the ack"}
 
 
+class FreshCookies:
+    """A new cookie for every handshake, with the content of the login's session cookie.
+
+    The cookie storage's cookie is a Fernet token under SESSION_KEY (the key the runner
+    gives the server): decrypted once and encrypted again per handshake, it names the same
+    session with new bytes, so no cache of decrypted cookies in the server can answer it.
+    """
+
+    def __init__(self, jar: aiohttp.abc.AbstractCookieJar, cookie_name: str = "session") -> None:
+        from cryptography.fernet import Fernet
+
+        key = os.environ.get("SESSION_KEY")
+        if not key:
+            raise ScenarioError("--fresh-cookies needs SESSION_KEY, the server's cookie key, in the environment")
+        values = [c.value for c in jar if c.key == cookie_name]
+        if not values:
+            raise ScenarioError(f"no {cookie_name!r} cookie after the login")
+        self._fernet = Fernet(key)
+        self._name = cookie_name
+        self._plain = self._fernet.decrypt(values[0].encode())
+
+    def headers(self) -> dict[str, str]:
+        return {"Cookie": f"{self._name}={self._fernet.encrypt(self._plain).decode()}"}
+
+
 async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
     base = args.url[0]
-    async with client_session() as session:
+    async with client_session() as session, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()) as bare:
         await proto.setup(session, base)
+        fresh = FreshCookies(session.cookie_jar) if args.fresh_cookies else None
         latencies: list[float] = []
         count = 0
         stopping = False
@@ -429,8 +459,12 @@ async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[s
         async def loop() -> None:
             nonlocal count
             while not stopping:
+                headers = fresh.headers() if fresh else None  # made before the clock starts
                 t = time.perf_counter()
-                ws = await proto.connect(session, base)
+                if fresh:
+                    ws = await proto.connect(bare, base, headers)
+                else:
+                    ws = await proto.connect(session, base)
                 await ws.close()
                 dt = time.perf_counter() - t
                 if meter.counting:
@@ -446,7 +480,7 @@ async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[s
         units = count
         await finish(tasks)
     return {**meter.figures(units, latencies), "unit": "handshake", "concurrency": args.connections,
-            "latency_of": "upgrade -> first frame -> close"}
+            "fresh_cookies": args.fresh_cookies, "latency_of": "upgrade -> first frame -> close"}
 
 
 async def idle(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
@@ -491,6 +525,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
+    p.add_argument("--fresh-cookies", action="store_true",
+                   help="handshake, cookie storage: a new cookie (same session) for every handshake")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="the load generator's event loop (auto: uvloop when installed); servers never use uvloop")
     p.add_argument("--settle", type=float, default=2.0, help="idle: seconds to wait before reading RSS")

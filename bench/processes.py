@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,50 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
+def core_speed(core: int | None, seconds: float = 0.02, repeats: int = 5) -> float:
+    """How fast one core runs pure Python now: rounds of a fixed loop per second, the
+    median of `repeats` probes of `seconds` each (one preemption does not count).
+
+    The caller moves itself to `core` meanwhile (the servers there are idle between
+    measurements). On a shared virtual machine the host may slow a core down without the
+    guest seeing any steal time; this probe sees it.
+    """
+    old = os.sched_getaffinity(0)
+    speeds = []
+    try:
+        if core is not None and can_pin():
+            os.sched_setaffinity(0, {core})
+        for _ in range(repeats):
+            rounds = 0
+            start = time.perf_counter()
+            end = start + seconds
+            while time.perf_counter() < end:
+                total = 0
+                for i in range(2000):
+                    total += i
+                rounds += 1
+            speeds.append(rounds / (time.perf_counter() - start))
+    finally:
+        os.sched_setaffinity(0, old)
+    return statistics.median(speeds)
+
+
+def wait_idle(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until these processes stop using CPU (e.g. done closing a load generator's
+    sockets): two samples 0.1 s apart with no clock tick between them, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            now = sum(cpu_seconds(pid) for pid in pids)
+        except OSError:
+            return
+        if now == last:
+            return
+        last = now
+        time.sleep(0.1)
+
+
 def rss_bytes(pid: int) -> int:
     """The resident set size (VmRSS) of a process, in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -113,6 +158,7 @@ class Processes:
     def __init__(self, logdir: Path | None = None) -> None:
         self.logdir = logdir or Path(tempfile.mkdtemp(prefix="bench-logs-"))
         self.children: list[Child] = []
+        self.keep_logs = False  # set it when a server's log is worth a look
         self._old_handlers: dict[int, object] = {}
 
     def __enter__(self) -> Processes:
@@ -120,10 +166,14 @@ class Processes:
             self._old_handlers[sig] = signal.signal(sig, _exit_on_signal)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop_all()
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+        if exc_type is None and not self.keep_logs:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+        else:
+            print(f"the servers' logs are in {self.logdir}", file=sys.stderr)
 
     def start(self, name: str, command: Sequence[str], *, core: int | None = None,
               env: dict[str, str] | None = None, port: int | None = None) -> Child:

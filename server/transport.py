@@ -58,6 +58,7 @@ class WebSocketEndpoint:
     def __init__(self, hub: Hub, settings: TransportSettings | None = None) -> None:
         self.hub = hub
         self.settings = settings or TransportSettings()
+        _raise_mmap_threshold()
 
     async def upgrade(self, request: web.Request) -> web.StreamResponse:
         """Upgrade to a websocket and serve it until it closes."""
@@ -126,6 +127,15 @@ class WebSocketEndpoint:
         except Exception:
             log.exception("handler of %r failed on socket %s", event.event, socket.id)
             await socket.send_error(ErrorCode.INTERNAL, "the server failed to handle this event", event.id)
+
+
+def _raise_mmap_threshold() -> None:
+    # asyncio reads every socket into a new 256 KiB buffer. glibc's malloc serves that size
+    # with mmap (and gives it back with munmap) until the process has freed a larger mmapped
+    # block, which raises its threshold: about 14 us per frame of kernel time otherwise
+    # (bench/RESULTS.md, "Allocator"). A no-op on other allocators.
+    block = bytearray(16 << 20)
+    del block
 
 
 def _abort(request: web.Request) -> None:
