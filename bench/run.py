@@ -559,8 +559,8 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "* **Allocator.** asyncio reads each socket into a fresh 256 KiB bytes object. Until the process has "
         "freed one large mmapped block, glibc's malloc serves that size with mmap and gives it back with "
         "mremap + munmap: three syscalls, about 10 us of kernel time per frame on this machine. Our server "
-        "leaves that state at start (scrypt of the demo passwords frees 16 MiB, and glibc then raises its "
-        "mmap threshold); the reference servers do the same on purpose (`warm_allocator()` in "
+        "leaves that state at start (it frees a 16 MiB block on purpose, and glibc then raises its "
+        "mmap threshold); the reference servers do the same (`warm_allocator()` in "
         "bench/raw_server.py), so that no side is charged for the accident. The `cold allocator` row "
         "shows the raw reference without it.",
         "* **Logging.** Our server runs with `--log-level warning` (the references log nothing); `python run.py` "

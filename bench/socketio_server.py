@@ -64,8 +64,8 @@ def make_app() -> web.Application:
 
 def warm_allocator() -> None:
     """Free one 16 MiB block, so glibc's malloc raises its mmap threshold (dynamically, to
-    the size of a freed mmapped block) as it does in our server's process, whose scrypt
-    of the demo passwords at start frees 16 MiB. Without it, every 256 KiB receive buffer
+    the size of a freed mmapped block), as our server does when it starts
+    (server/transport.py, `_raise_mmap_threshold`). Without it, every 256 KiB receive buffer
     of asyncio's transports costs mmap + mremap + munmap (about 10 us per frame here):
     an accident of the allocator, not a cost of the server's design."""
     block = bytearray(16 << 20)
