@@ -19,6 +19,8 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from raw_server import warm_allocator  # run as a script: bench/ is on sys.path
+
 TOKEN = "bench-token"
 USER = {"id": 1, "name": "alice"}
 
@@ -60,16 +62,6 @@ def make_app() -> web.Application:
         return {"ok": True}
 
     return app
-
-
-def warm_allocator() -> None:
-    """Free one 16 MiB block, so glibc's malloc raises its mmap threshold (dynamically, to
-    the size of a freed mmapped block), as our server does when it starts
-    (server/transport.py, `_raise_mmap_threshold`). Without it, every 256 KiB receive buffer
-    of asyncio's transports costs mmap + mremap + munmap (about 10 us per frame here):
-    an accident of the allocator, not a cost of the server's design."""
-    block = bytearray(16 << 20)
-    del block
 
 
 def main() -> None:
