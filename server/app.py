@@ -6,18 +6,16 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .config import Settings, load_fernet
 from .cors import cors_middleware
 from .demo import setup_demo
 from .http_errors import json_errors
-from .redis_backplane import RedisBackplane
 from .hub import Hub, reload_session
-from .sessions import CookieSessionBridge, RedisSessionBridge, SessionBridge
+from .redis_backplane import RedisBackplane
+from .redis_link import RedisLink
+from .redis_sessions import RedisSessionBridge
+from .sessions import CookieSessionBridge, SessionBridge
 from .transport import TransportSettings, WebSocketEndpoint
 
 log = logging.getLogger(__name__)
@@ -37,11 +35,8 @@ def make_sessions(settings: Settings) -> SessionBridge:
         secure=settings.secure_cookies or None,
     )
     if settings.redis_url:
-        # One retry on a new connection: after a Redis restart every pooled connection is
-        # stale, and each would otherwise fail one command with `unavailable`.
-        redis = Redis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-                               retry_on_error=[RedisConnectionError])
-        return RedisSessionBridge(redis, settings.session_max_age, **cookie)
+        link = RedisLink.from_url(settings.redis_url, timeout=settings.redis_timeout, tracking=True)
+        return RedisSessionBridge(link, settings.session_max_age, **cookie)
     return CookieSessionBridge(load_fernet(settings), settings.session_max_age, **cookie)
 
 
@@ -51,7 +46,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
     sessions = make_sessions(settings)
     backplane = None
     if isinstance(sessions, RedisSessionBridge):  # Redis is both the session store and the backplane
-        backplane = RedisBackplane(sessions.redis, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl)
+        backplane = RedisBackplane(sessions.link, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl)
     hub = Hub(sessions, backplane=backplane, session_check_interval=settings.session_check_interval)
     hub.use(reload_session)
 

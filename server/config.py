@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 from cryptography.fernet import Fernet
 
+from .redis_link import RedisAddress
+
 log = logging.getLogger(__name__)
 
 DEFAULT_USERS = {"alice": "wonderland", "bob": "builder"}
@@ -23,6 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     redis_url: str | None = None
+    redis_timeout: float = 1.5
     session_max_age: int = 86400
     allowed_origins: tuple[str, ...] = ()
     max_message_size: int = 1 << 20
@@ -69,6 +72,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     p.add_argument("--redis", dest="redis_url", metavar="URL", default=env("REDIS_URL") or None,
                    help="REDIS_URL: keep sessions in Redis (e.g. redis://127.0.0.1:6379/0); "
                         "unset: encrypted cookies")
+    p.add_argument("--redis-timeout", type=float, metavar="SECONDS",
+                   default=env("REDIS_TIMEOUT", str(d.redis_timeout)),
+                   help="REDIS_TIMEOUT: Redis counts as unreachable when it does not answer a ping "
+                        "within this; nothing waits for it longer than about 4/3 of it (%(default)s)")
     p.add_argument("--session-max-age", type=int, metavar="SECONDS",
                    default=env("SESSION_MAX_AGE", str(d.session_max_age)),
                    help="SESSION_MAX_AGE: a session ends this long after login (%(default)s)")
@@ -99,6 +106,13 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                         "room sizes after this long (%(default)s)")
     args = p.parse_args(argv)
 
+    if args.redis_timeout <= 0:
+        p.error("--redis-timeout must be more than 0 seconds")
+    if args.redis_url:
+        try:
+            RedisAddress.from_url(args.redis_url)
+        except ValueError as exc:
+            p.error(f"--redis: {exc}")
     origins = args.allowed_origins
     if origins is None:
         origins = [o.strip() for o in env("ALLOWED_ORIGINS", "").split(",") if o.strip()]
@@ -113,6 +127,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         host=args.host,
         port=args.port,
         redis_url=args.redis_url,
+        redis_timeout=args.redis_timeout,
         session_max_age=args.session_max_age,
         allowed_origins=tuple(origins),
         max_message_size=args.max_message_size,

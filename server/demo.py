@@ -107,7 +107,7 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
     @routes.post("/api/incr")
     async def incr(request: web.Request) -> web.Response:
         session, _ = await logged_in(request)
-        count = session["count"] = session.get("count", 0) + 1
+        count = await sessions.modify(request, count_one)
         await hub.emit("count", {"count": count}, room=session_room(session))
         return web.json_response({"count": count})
 
@@ -163,12 +163,11 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
 
     @hub.on("incr")
     async def incr_event(socket: Socket, data: Any) -> dict[str, Any]:
-        # reload_session has just reloaded the session: this sees every HTTP increment.
-        count = socket.session.get("count", 0) + 1
-        await socket.update_session({"count": count})
+        # Applied to the stored session, atomically: no increment of another tab, socket
+        # or process is lost.
+        count = await socket.modify_session(count_one)
         await hub.emit("count", {"count": count}, room=session_room(socket.session), skip=socket)
         return {"count": count}
-
 
     @hub.on("confirm")
     async def confirm(socket: Socket, data: Any) -> dict[str, Any]:
@@ -188,6 +187,11 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
     @hub.on("fail")
     async def fail(socket: Socket, data: Any) -> None:
         raise RuntimeError("the demo's fail event raises on purpose")
+
+
+def count_one(session: dict[str, Any]) -> int:
+    count = session["count"] = session.get("count", 0) + 1
+    return count
 
 
 def room_of(data: Any) -> str:

@@ -2,76 +2,93 @@
 
 Every emit and disconnect is delivered to this process's sockets at once and published
 for the other processes, which skip their own messages (each carries its instance id), so
-every target socket gets it exactly once. Delivery across processes is at most once: what
-is published while Redis is unreachable, or while a subscriber is reconnecting, is lost.
+every target socket gets it exactly once. Publishes and the subscription share the
+process's `RedisLink`: a publish waits in its pipeline whatever the load, and is lost only
+when Redis is unreachable (the message then reaches this process's sockets only; counted
+in `local_only` and logged, at most every 10 s). Messages from one process arrive in the
+order it published them.
 
 Room sizes live in one Redis hash per room, `instance -> sockets of that instance`, next
 to a key per live instance that expires unless renewed. A crashed instance's members stop
 counting when its key expires (`ttl` seconds at most) and are deleted by the next count.
-An instance that finds its own key gone (an outage longer than `ttl`, a Redis restart)
-writes all its sizes again; its own size is always counted from memory.
+Each change of a size writes the size this process holds now, over the one link, so the
+writes reach Redis in the order they were made and the last one is right. An instance
+that finds its own key gone (an outage longer than `ttl`, a Redis restart), or whose
+writes failed, writes its sizes again; its own size is always counted from memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
+import time
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+import orjson
 
 from .backplane import Backplane, Deliver, Disconnect, Emit, Message
 from .errors import Unavailable
+from .redis_link import RedisLink, RedisUnavailable
+from .resp import ReplyError
 from .rooms import Rooms
 
 log = logging.getLogger(__name__)
 
 
 class RedisBackplane(Backplane):
-    def __init__(self, redis: Redis, *, prefix: str = "ws:", ttl: float = 10.0) -> None:
-        self.redis = redis
+    def __init__(self, link: RedisLink, *, prefix: str = "ws:", ttl: float = 10.0) -> None:
+        self.link = link
         self.instance = secrets.token_hex(8)
         self.ttl = ttl
+        self.local_only = 0  # messages that could not be published (Redis unreachable)
         self._channel = prefix + "bus"
         self._rooms_key = prefix + "room:"
-        self._instance_key = prefix + "instance:"
+        self._instance_prefix = prefix + "instance:"
+        self._instance_key = self._instance_prefix + self.instance
         self._deliver: Deliver | None = None
-        self._rooms: Rooms | None = None
-        self._unsynced: set[str] = set()  # rooms whose size Redis missed during an outage
+        self._rooms: Rooms[Any] | None = None
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._unsynced: set[str] = set()  # rooms whose size Redis may not have
         self._counted: set[str] = set()  # rooms this instance has members of, in Redis
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
-        self.connected = asyncio.Event()  # set while the subscription is live
+        self._logged_at = 0.0
+        self._unlogged = 0
 
-    async def start(self, deliver: Deliver, rooms: Rooms) -> None:
-        self._deliver, self._rooms = deliver, rooms
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._beat())]
-
-    async def stop(self) -> None:
-        # redis-py may swallow a cancellation that lands inside a command, so the loops
-        # also watch `_stopping`.
-        self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.wait(self._tasks, timeout=5)
-        try:
-            await self.redis.delete(self._instance_key + self.instance)
-        except RedisError:
-            pass  # the key expires by itself
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while messages reach the other processes (the link is up and subscribed)."""
+        return self.link.up
 
     @property
     def healthy(self) -> bool:
-        return self.connected.is_set()
+        return self.link.up.is_set()
+
+    async def start(self, deliver: Deliver, rooms: Rooms[Any]) -> None:
+        self._deliver, self._rooms = deliver, rooms
+        self.link.on_up.append(self._reconnected)
+        self._tasks = [asyncio.create_task(self._pass_on()), asyncio.create_task(self._beat())]
+        try:
+            await self.link.subscribe(self._channel, self._received)
+        except RedisUnavailable:
+            pass  # subscribed when the link connects
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.link.call("DEL", self._instance_key)
+        except (RedisUnavailable, ReplyError):
+            pass  # the key expires by itself
 
     async def publish(self, message: Message) -> None:
         assert self._deliver is not None, "the backplane is not started"
         await self._deliver(message)
         try:
-            await self.redis.publish(self._channel, _encode(self.instance, message))
-        except RedisError:
-            log.warning("Redis unreachable: a %s reached this process's sockets only", type(message).__name__)
+            await self.link.call("PUBLISH", self._channel, _encode(self.instance, message))
+        except (RedisUnavailable, ReplyError) as exc:
+            self._lost(message, exc)
 
     async def joined(self, room: str, socket_id: str) -> None:
         await self._sync(room)
@@ -83,21 +100,22 @@ class RedisBackplane(Backplane):
             pass  # a leave never fails: the size is written again once Redis is back
 
     async def count(self, room: str) -> int:
+        assert self._rooms is not None
+        key = self._rooms_key + room
         try:
-            sizes = await self.redis.hgetall(self._rooms_key + room)
-            instances = list(sizes)
-            alive = await self.redis.mget([self._instance_key + i.decode() for i in instances]) if sizes else []
-        except RedisError:
+            sizes: dict[bytes, bytes] = await self.link.call("HGETALL", key)
+            me = self.instance.encode()
+            others = [i for i in sizes if i != me]
+            alive = await self.link.call("MGET", *[self._instance_prefix.encode() + i for i in others]) if others else []
+        except (RedisUnavailable, ReplyError):
             raise Unavailable("room sizes are unavailable while Redis is unreachable") from None
-        me = self.instance.encode()
-        dead = [i for i, a in zip(instances, alive) if a is None and i != me]
+        dead = [i for i, a in zip(others, alive) if a is None]
         if dead:
             try:
-                await self.redis.hdel(self._rooms_key + room, *dead)
-            except RedisError:
+                await self.link.call("HDEL", key, *dead)
+            except (RedisUnavailable, ReplyError):
                 pass
-        others = sum(int(sizes[i]) for i, a in zip(instances, alive) if a is not None and i != me)
-        return others + self._rooms.count(room)  # type: ignore[union-attr]
+        return sum(int(sizes[i]) for i, a in zip(others, alive) if a is not None) + self._rooms.count(room)
 
     async def _sync(self, room: str) -> None:
         """Write this instance's size of `room` to Redis."""
@@ -106,80 +124,78 @@ class RedisBackplane(Backplane):
         key = self._rooms_key + room
         try:
             if size:
-                await self.redis.hset(key, self.instance, size)
+                self._counted.add(room)
+                await self.link.call("HSET", key, self.instance, size)
             else:
-                await self.redis.hdel(key, self.instance)
-        except RedisError:
+                self._counted.discard(room)
+                await self.link.call("HDEL", key, self.instance)
+        except (RedisUnavailable, ReplyError):
             self._unsynced.add(room)
             raise Unavailable("rooms are unavailable while Redis is unreachable") from None
         self._unsynced.discard(room)
-        if size:
-            self._counted.add(room)
-        else:
-            self._counted.discard(room)
+
+    def _lost(self, message: Message, exc: Exception) -> None:
+        self.local_only += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 10:
+            log.warning("Redis unreachable (%s): %d message(s) reached this process's sockets only",
+                        exc, self._unlogged)
+            self._logged_at, self._unlogged = now, 0
+
+    # -- background work --------------------------------------------------------------
+
+    def _received(self, data: bytes) -> None:
+        try:
+            origin, message = _decode(data)
+        except Exception:
+            log.exception("unreadable message on the backplane, dropped")
+            return
+        if origin != self.instance:
+            self._inbox.put_nowait(message)
+
+    async def _pass_on(self) -> None:
+        # One task delivers what other processes published, in the order it arrived.
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._deliver(message)  # type: ignore[misc]
+            except Exception:
+                log.exception("delivering a message from another process failed")
+
+    def _reconnected(self) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._renew()))  # now, not at the next beat
 
     async def _beat(self) -> None:
-        while not self._stopping.is_set():
+        while True:
             await self._renew()
-            await self._pause(self.ttl / 3)
+            await asyncio.sleep(self.ttl / 3)
 
     async def _renew(self) -> None:
         """Renew this instance's key; write the sizes Redis missed or lost."""
-        assert self._rooms is not None
         try:
-            was = await self.redis.set(self._instance_key + self.instance, 1, px=int(self.ttl * 1000), get=True)
+            was = await self.link.call("SET", self._instance_key, 1, "PX", int(self.ttl * 1000), "GET")
             if was is None:  # expired or lost: other instances have dropped our sizes
                 self._unsynced.update(self._counted)
             for room in list(self._unsynced):
                 await self._sync(room)
-        except (RedisError, Unavailable):
-            pass
-
-    async def _listen(self) -> None:
-        delay = 0.1
-        while not self._stopping.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                if delay > 0.1:
-                    log.info("Redis backplane reconnected")
-                    await self._renew()  # now, not at the next beat
-                delay = 0.1
-                self.connected.set()
-                async for item in pubsub.listen():
-                    origin, message = _decode(item["data"])
-                    if origin != self.instance:
-                        await self._deliver(message)  # type: ignore[misc]
-            except (RedisError, OSError) as exc:
-                if self.connected.is_set():
-                    log.warning("Redis backplane lost (%s); reconnecting", exc)
-                self.connected.clear()
-            except Exception:
-                log.exception("bad message on the backplane; resubscribing")
-            finally:
-                try:
-                    await pubsub.aclose()
-                except (RedisError, OSError):
-                    pass
-            await self._pause(delay)
-            delay = min(delay * 2, 5.0)
-
-    async def _pause(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except (RedisUnavailable, ReplyError, Unavailable):
             pass
 
 
-def _encode(instance: str, message: Message) -> str:
+def _encode(instance: str, message: Message) -> bytes:
+    # A JSON header line, then the frame as it goes to sockets (orjson never writes a raw
+    # newline, so the first one ends the header).
     if type(message) is Emit:
-        return json.dumps({"from": instance, "emit": message.frame.decode(), "room": message.room, "skip": message.skip})
+        return orjson.dumps([instance, "emit", message.room, message.skip]) + b"\n" + message.frame
     assert type(message) is Disconnect
-    return json.dumps({"from": instance, "disconnect": message.room, "code": message.code, "reason": message.reason})
+    return orjson.dumps([instance, "disconnect", message.room, message.code, message.reason])
 
 
 def _decode(raw: bytes) -> tuple[str, Message]:
-    data = json.loads(raw)
-    if "emit" in data:
-        return data["from"], Emit(data["emit"].encode(), data["room"], data["skip"])
-    return data["from"], Disconnect(data["disconnect"], data["code"], data["reason"])
+    header, _, frame = raw.partition(b"\n")
+    fields = orjson.loads(header)
+    if fields[1] == "emit":
+        return fields[0], Emit(frame, fields[2], fields[3])
+    return fields[0], Disconnect(fields[2], fields[3], fields[4])

@@ -1,4 +1,4 @@
-"""The bridge between aiohttp-session and the sockets: the only module that imports it.
+"""The bridge between aiohttp-session and the sockets (with `redis_sessions` for Redis).
 
 The upgrade request goes through the same `session_middleware` as every HTTP route, so a
 socket starts with the session its cookie names. After the upgrade the middleware can do
@@ -8,26 +8,23 @@ saves go to the storage directly. What each storage can do is protocol.md, "Sess
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 import logging
 import secrets
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
-from aiohttp_session.redis_storage import RedisStorage
 from cryptography.fernet import Fernet
-from redis.asyncio import Redis
-from redis.asyncio.connection import Connection as RedisConnection
-from redis.exceptions import RedisError
 
-from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly, Unavailable
-from .redis_tracking import NotTracking, TrackingCache
+from .errors import CloseConnection, SessionExpired, SessionReadOnly
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A random id kept in the session data names "this browser session" in both storages
 # (the cookie storage has no identity of its own); only its hash ever leaves the server.
@@ -103,22 +100,45 @@ class SessionBridge:
         Raises:
             Unavailable: the storage cannot be reached.
         """
-        try:
-            return await get_session(request)
-        except RedisError:
-            raise Unavailable("the session store is unavailable; try again shortly") from None
+        return await get_session(request)
 
-    async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
-        """Apply `changes` to a socket's session and persist them; all or nothing.
+    async def modify(self, request: web.Request, fn: Callable[[dict[str, Any]], T]) -> T:
+        """Apply `fn` to the session data of an HTTP request as one atomic read-modify-write.
+
+        `fn` gets the data as a dict, changes it in place and returns what `modify` returns.
+        Redis: applied to the stored session, so concurrent modifications of one session
+        (from HTTP routes and sockets, in any process) are never lost. Cookies: applied to
+        the request's copy, saved with the response; concurrent requests of one browser
+        each change the cookie they were sent, and the last response wins.
+
+        Raises:
+            Unavailable: the storage cannot be reached.
+            Whatever `fn` raises (nothing is changed).
+        """
+        session = await self.get(request)
+        data = copy.deepcopy(dict(session))
+        result = fn(data)
+        for name in [name for name in session if name not in data]:
+            del session[name]
+        session.update(data)
+        return result
+
+    async def modify_stored(self, handle: SessionHandle, fn: Callable[[dict[str, Any]], T]) -> T:
+        """`modify` for a socket's session: applied to the stored session and persisted.
 
         Raises:
             SessionReadOnly: this storage cannot save from a socket.
+            LoggedOut: the session is gone.
             Unavailable: the storage cannot be reached (nothing changed).
         """
         raise SessionReadOnly(
             "this server keeps sessions in cookies, which a socket cannot write; "
             "change the session over HTTP"
         )
+
+    async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
+        """Set keys of a socket's stored session, all or nothing (`modify_stored` with `dict.update`)."""
+        await self.modify_stored(handle, lambda data: data.update(changes))
 
     async def rotate(self, request: web.Request) -> tuple[Session, Session]:
         """Start a new session with a new identity (at login); returns (new, old).
@@ -191,169 +211,3 @@ class RememberingFernet(Fernet):
             self._plain.clear()
         self._plain[key] = (self._fernet.extract_timestamp(key), plain)
         return plain
-
-
-class _RedisStorage(RedisStorage):
-    """aiohttp-session's Redis storage, with writes that cannot bring a session back.
-
-    aiohttp-session writes a request's session back whether or not it still exists, so a
-    request that was running while its session was logged out would store it again, user
-    and all, with a fresh TTL. Here a session that already had a key is written only if the
-    key is still there; an emptied session is deleted rather than stored as "{}".
-    """
-
-    def __init__(self, redis: Redis, *, written: Callable[[str], None], **kw: Any) -> None:
-        super().__init__(redis, **kw)
-        self._written = written
-        self._set_if_exists = redis.register_script(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then "
-            "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end "
-            "return false"
-        )
-
-    async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        if session.identity is None:  # a new session: a new key
-            await super().save_session(request, response, session)
-            return
-        key = f"{self.cookie_name}_{session.identity}"
-        try:
-            if session.empty:
-                await self._redis.delete(key)
-                self.save_cookie(response, "", max_age=session.max_age)
-                return
-            data = self._encoder(self._get_session_data(session))
-            if await self._set_if_exists(keys=[key], args=[data, session.max_age or self.max_age]):
-                self.save_cookie(response, session.identity, max_age=session.max_age)
-        finally:
-            self._written(key)
-
-
-class RedisSessionBridge(SessionBridge):
-    """Sessions in Redis: a socket sees HTTP changes on reload and can save its own."""
-
-    def __init__(self, redis: Redis, max_age: int, *, cache: bool = True, **cookie: Any) -> None:
-        # Reloads read through a cache that Redis invalidates (see `redis_tracking`), over
-        # TCP only: other connections (unix sockets, TLS) read Redis on every reload.
-        self.cache = _tracking_cache(redis) if cache else None
-        storage = _RedisStorage(redis, max_age=max_age, encoder=json.dumps, decoder=json.loads,
-                                written=self._written, **cookie)
-        super().__init__(storage, max_age)
-        self.redis = redis
-        self._prefix = storage.cookie_name + "_"
-
-    async def start(self) -> None:
-        if self.cache is not None:
-            await self.cache.start()
-
-    async def reload(self, handle: SessionHandle) -> None:
-        await super().reload(handle)
-        key = handle.key
-        if key is None:
-            return  # an anonymous socket: nothing stored to reload
-        raw: bytes | None
-        try:
-            if self.cache is None:
-                raise NotTracking()
-            raw = await self.cache.get(key)
-        except NotTracking:
-            try:
-                raw = await self.redis.get(key)
-            except RedisError as exc:
-                log.warning("session reload failed: %s", exc)
-                raise Unavailable("the session store is unavailable; try again shortly") from None
-        if raw is not None and raw is handle.raw:
-            return  # unchanged since the last reload
-        handle.session = self._replace(handle, raw)
-        handle.raw = raw
-
-    async def check(self, handles: Iterable[SessionHandle]) -> list[tuple[SessionHandle, CloseConnection]]:
-        stored = [h for h in handles if h.key is not None]
-        ended = await super().check(stored)
-        if not stored:
-            return ended
-        expired = {id(h) for h, _ in ended}
-        live = [h for h in stored if id(h) not in expired]
-        try:
-            values = await self.redis.mget([h.key for h in live]) if live else []
-        except RedisError as exc:
-            log.warning("session check failed: %s", exc)
-            return ended  # an outage ends no session: the next sweep looks again
-        for handle, raw in zip(live, values):
-            try:
-                handle.session = self._replace(handle, raw)
-                handle.raw = raw
-            except CloseConnection as exc:
-                ended.append((handle, exc))
-        return ended
-
-    async def update(self, handle: SessionHandle, changes: dict[str, Any]) -> None:
-        if handle.key is None:
-            raise SessionReadOnly("this socket has no stored session to save")
-        key = handle.key
-
-        async def merge(pipe: Any) -> bytes | None:
-            # Onto the stored session, not the socket's copy: keys this write does not
-            # change keep what other writers stored; a deleted session stays deleted.
-            raw = await pipe.get(key)
-            if raw is None:
-                return None
-            stored = json.loads(raw)
-            stored["session"].update(changes)
-            value = json.dumps(stored).encode()
-            pipe.multi()
-            pipe.set(key, value, keepttl=True)
-            return value
-
-        try:
-            value = await self.redis.transaction(merge, key, value_from_callable=True)
-        except RedisError:
-            raise Unavailable("the session store is unavailable; nothing was saved") from None
-        finally:
-            self._written(key)  # even a failed write may have been applied
-        handle.session = self._replace(handle, value)  # raises if the session is gone
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self.redis.ping())
-        except RedisError:
-            return False
-
-    async def close(self) -> None:
-        if self.cache is not None:
-            await self.cache.close()
-        await self.redis.aclose()
-
-    def _written(self, key: str) -> None:
-        if self.cache is not None:
-            self.cache.forget(key)
-
-    def _key_of(self, session: Session) -> str | None:
-        return None if session.identity is None else self._prefix + session.identity
-
-    async def _forget(self, session: Session) -> None:
-        key = self._key_of(session)
-        if key is not None:
-            try:
-                await self.redis.delete(key)
-            except RedisError:
-                raise Unavailable("the session store is unavailable; try again shortly") from None
-            finally:
-                self._written(key)
-
-    def _replace(self, handle: SessionHandle, raw: bytes | None) -> Session:
-        if raw is None:
-            # Both end the same way; the deadline tells which one it was.
-            raise SessionExpired() if time.time() >= handle.deadline - 1 else LoggedOut()
-        session = Session(handle.session.identity, data=json.loads(raw), new=False, max_age=self.max_age)
-        if session.empty:
-            raise LoggedOut()
-        return session
-
-
-def _tracking_cache(redis: Redis) -> TrackingCache | None:
-    pool = redis.connection_pool
-    kw = pool.connection_kwargs
-    if pool.connection_class is not RedisConnection or "host" not in kw:
-        return None
-    return TrackingCache(kw["host"], int(kw.get("port", 6379)), int(kw.get("db", 0) or 0),
-                         username=kw.get("username"), password=kw.get("password"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Reader(Protocol):
@@ -171,6 +173,22 @@ class Socket:
             user = self.handle.session.get("user")
             if user is None or user.get("id") != self.user.get("id"):
                 raise LoggedOut()
+
+    async def modify_session(self, fn: Callable[[dict[str, Any]], T]) -> T:
+        """Apply `fn` to the stored session as one atomic read-modify-write; returns its result.
+
+        `fn` gets the session data as a dict and changes it in place. Concurrent
+        modifications of one session, from sockets and HTTP routes in any process, are
+        all kept (protocol.md, "Sessions"). `socket.session` shows the result afterwards.
+
+        Raises:
+            SessionReadOnly: cookie storage (a socket cannot set a cookie); nothing changed.
+            LoggedOut: the session is gone (the socket will be closed).
+            Unavailable: the storage cannot be reached; nothing changed, or (when Redis
+                stopped answering in the middle) the outcome is unknown.
+            Whatever `fn` raises; nothing changed.
+        """
+        return await self.hub.sessions.modify_stored(self.handle, fn)
 
     async def update_session(self, changes: dict[str, Any]) -> None:
         """Apply `changes` to the session and persist them, all or nothing.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
-
 import pytest
 from redis.asyncio import Redis
 
-from server.redis_tracking import NotTracking, TrackingCache, encode_command, parse_reply
+from server.redis_link import RedisLink, RedisUnavailable
+from server.redis_tracking import TrackingCache
+from server.resp import encode_command, parse_reply
 
 
 def test_parse_reply_reads_resp3_values_and_waits_for_the_rest():
@@ -32,12 +32,12 @@ async def redis(redis_url):
 
 @pytest.fixture
 async def cache(redis_url):
-    address = urlsplit(redis_url)
-    cache = TrackingCache(address.hostname, address.port)
-    await cache.start()
-    await asyncio.wait_for(cache.tracking.wait(), 5)
+    link = RedisLink.from_url(redis_url, tracking=True)
+    cache = TrackingCache(link)
+    await link.start()
+    await asyncio.wait_for(link.up.wait(), 5)
     yield cache
-    await cache.close()
+    await link.close()
 
 
 async def get_calls(redis: Redis) -> int:
@@ -88,22 +88,23 @@ async def test_a_flush_empties_the_cache(cache, redis):
 
 async def test_nothing_is_served_while_redis_is_away_and_tracking_comes_back(redis_server):
     redis = Redis.from_url(redis_server.url)
-    cache = TrackingCache("127.0.0.1", redis_server.port)
-    await cache.start()
+    link = RedisLink.from_url(redis_server.url, tracking=True)
+    cache = TrackingCache(link)
+    await link.start()
     try:
-        await asyncio.wait_for(cache.tracking.wait(), 5)
+        await asyncio.wait_for(link.up.wait(), 5)
         await redis.set("k", b"before")
         assert await cache.get("k") == b"before"
         redis_server.stop()
-        await until(lambda: not cache.tracking.is_set())
-        with pytest.raises(NotTracking):
+        await until(lambda: not link.up.is_set())
+        with pytest.raises(RedisUnavailable):
             await cache.get("k")  # not the cached value: it may be stale by now
         redis_server.start()
-        await asyncio.wait_for(cache.tracking.wait(), 10)
+        await asyncio.wait_for(link.up.wait(), 10)
         await redis.aclose()
         redis = Redis.from_url(redis_server.url)
         await redis.set("k", b"after")
         assert await cache.get("k") == b"after"
     finally:
-        await cache.close()
+        await link.close()
         await redis.aclose()
