@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
         app = make_app(settings)
     except ValueError as exc:  # a bad SESSION_KEY, for one
         sys.exit(f"run.py: {exc}")
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=10,
+    # A backlog of 4096 (the kernel caps it at net.core.somaxconn): a reconnect storm of
+    # thousands of clients waits in the kernel's queue instead of retrying dropped SYNs.
+    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=10, backlog=4096,
                 print=lambda _: print(f"Serving the demo on http://{settings.host}:{settings.port}/ "
                                       f"(sessions in {'Redis' if settings.redis_url else 'cookies'}); "
                                       "Ctrl+C to stop", flush=True))

@@ -195,6 +195,7 @@ class RedisLink:
         self._ticker: asyncio.TimerHandle | None = None
         self._down_since: float | None = None
         self._logged_at = 0.0
+        self._closing = False
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisLink:
@@ -215,6 +216,7 @@ class RedisLink:
             pass
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -371,7 +373,10 @@ class RedisLink:
             self.up.clear()
             if self._ticker is not None:
                 self._ticker.cancel()
-            self._note_down(cause)
+            if self._closing:
+                self.cause = cause
+            else:
+                self._note_down(cause)
         error = RedisUnavailable(cause)
         while protocol.waiting:
             future, _ = protocol.waiting.popleft()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,12 @@ class Browser:
         ws.connected = await expect_event(ws, "connected")  # type: ignore[attr-defined]
         return ws
 
-    async def open(self, **kw: Any) -> aiohttp.ClientWebSocketResponse:
+    async def open(self, url: str | None = None, **kw: Any) -> aiohttp.ClientWebSocketResponse:
+        """Open a socket to this browser's server, or to `url` (another process of the app)."""
         headers = kw.pop("headers", {})
         if self.origin:
             headers.setdefault("Origin", self.origin)
-        ws = await self.http.ws_connect(self.base_url + "/ws", headers=headers, **kw)
+        ws = await self.http.ws_connect((url or self.base_url).rstrip("/") + "/ws", headers=headers, **kw)
         self.sockets.append(ws)
         return ws
 
@@ -146,22 +148,140 @@ class RunPy:
         self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, self.process.stdout.readline)
-            if not line:
-                raise RuntimeError("run.py exited:\n" + "".join(self.output))
-            self.output.append(line)
-            if line.startswith("Serving the demo on"):
-                return self
+        ready = loop.create_future()
+
+        def read() -> None:
+            # Read the whole time: a server whose output pipe is full stops in its next log line.
+            for line in self.process.stdout:  # type: ignore[union-attr]
+                self.output.append(line)
+                if line.startswith("Serving the demo on") and not ready.done():
+                    loop.call_soon_threadsafe(ready.set_result, None)
+            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(
+                RuntimeError("run.py exited:\n" + "".join(self.output))))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        await ready
+        return self
 
     async def stop(self, sig: int = signal.SIGTERM) -> float:
         start = time.monotonic()
         self.process.send_signal(sig)
         loop = asyncio.get_running_loop()
-        rest = await loop.run_in_executor(None, self.process.communicate)
-        self.output.append(rest[0])
+        await loop.run_in_executor(None, self.process.wait)
+        await loop.run_in_executor(None, self._reader.join)
         return time.monotonic() - start
+
+    def log(self) -> str:
+        return "".join(self.output)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.process.poll() is None:
             await self.stop()
+
+
+class Crowd:
+    """Many sockets and requests with one cookie, all at once (no client connection limit)."""
+
+    def __init__(self, cookie: str) -> None:
+        self.headers = {"Cookie": cookie}
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def __aenter__(self) -> Crowd:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+        await self.http.close()
+
+    async def connect(self, base_url: str, count: int) -> list[aiohttp.ClientWebSocketResponse]:
+        """Open `count` sockets at the same moment; each has read its `connected` frame."""
+        async def one() -> aiohttp.ClientWebSocketResponse:
+            ws = await self.http.ws_connect(base_url.rstrip("/") + "/ws", headers=self.headers)
+            self.sockets.append(ws)
+            ws.connected = await expect_event(ws, "connected")  # type: ignore[attr-defined]
+            return ws
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    async def post(self, url: str) -> int:
+        async with self.http.post(url, headers=self.headers) as r:
+            await r.read()
+            return r.status
+
+    async def close(self) -> None:
+        """Close every socket at the same moment."""
+        sockets, self.sockets = self.sockets, []
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def login_cookie(base_url: str, name: str = "alice") -> str:
+    async with Browser(base_url) as b:
+        await b.login(name)
+        return b.cookie()
+
+
+async def ask_many(ws: aiohttp.ClientWebSocketResponse, event: str, count: int) -> list[dict[str, Any]]:
+    """Send `count` events at once on one socket (pipelined); return their ack frames in order."""
+    ids = [next(_ids) for _ in range(count)]
+    for id in ids:
+        await ws.send_str(json.dumps({"event": event, "id": id}))
+    acks: dict[int, dict[str, Any]] = {}
+    while len(acks) < count:
+        frame = await receive_json(ws)
+        if frame.get("ack") in ids:
+            acks[frame["ack"]] = frame
+    return [acks[id] for id in ids]
+
+
+class FreezableProxy:
+    """A TCP proxy to a local port that can stop forwarding while keeping its connections
+    open: a network partition, or a stuck load balancer, as the client sees it."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = free_port()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.flowing.set()
+        self._server.close()  # type: ignore[union-attr]
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        for a, b in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(a, b))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()  # frozen: what was read is held, nothing moves
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
