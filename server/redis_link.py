@@ -91,7 +91,7 @@ class RedisAddress:
 
 
 def _unquoted(value: str | None) -> str | None:
-    return None if value is None else unquote(value)
+    return unquote(value) if value else None
 
 
 class _Protocol(asyncio.Protocol):
@@ -271,7 +271,9 @@ class RedisLink:
         while True:
             try:
                 protocol = await self._connect()
-            except (OSError, asyncio.TimeoutError, RedisUnavailable, ReplyError) as exc:
+            except Exception as exc:  # whatever it was, this loop must go on reconnecting
+                if not isinstance(exc, (OSError, asyncio.TimeoutError, RedisUnavailable, ReplyError)):
+                    log.exception("unexpected failure connecting to Redis")
                 self._note_down(_describe(exc, self.timeout))
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
@@ -284,8 +286,7 @@ class RedisLink:
                 self._down_since = None
             self.up.set()
             self._tick()
-            for listener in list(self.on_up):
-                listener()
+            _notify(self.on_up)
             await asyncio.shield(protocol.closed)
 
     async def _connect(self) -> _Protocol:
@@ -352,13 +353,16 @@ class RedisLink:
     # -- called by the protocol -------------------------------------------------------
 
     def _pushed(self, push: Push) -> None:
-        if len(push) == 3 and push[0] == b"message":
-            handler = self._channels.get(push[1])
-            if handler is not None:
-                handler(push[2])
-            return
-        for listener in self.on_push:
-            listener(push)
+        try:
+            if len(push) == 3 and push[0] == b"message":
+                handler = self._channels.get(push[1])
+                if handler is not None:
+                    handler(push[2])
+                return
+            for listener in self.on_push:
+                listener(push)
+        except Exception:  # the stream must go on being read
+            log.exception("handling a push from Redis failed")
 
     def _down(self, protocol: _Protocol, cause: str) -> None:
         """The connection is unusable: fail what waits on it, tell the listeners, reconnect."""
@@ -383,8 +387,15 @@ class RedisLink:
             if not future.done():
                 future.set_exception(error)
         if was_up:
-            for listener in list(self.on_down):
-                listener()
+            _notify(self.on_down)
+
+
+def _notify(listeners: list[Callable[[], None]]) -> None:
+    for listener in list(listeners):
+        try:
+            listener()
+        except Exception:
+            log.exception("a listener of the Redis link failed")
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

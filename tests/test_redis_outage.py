@@ -1,6 +1,7 @@
 """Redis goes away under open sockets and comes back (a real redis-server, stopped and started)."""
 
 import asyncio
+import time
 
 from server.app import HUB
 from tests.helpers import Browser, ask, call, expect_event
@@ -38,7 +39,9 @@ async def test_sockets_survive_an_outage_and_recover(aiohttp_server, redis_serve
         assert status == 503 and body["error"]["code"] == "unavailable"
 
         redis_server.start()
+        back = time.monotonic()
         await asyncio.wait_for(hub.backplane.connected.wait(), 10)  # resubscribed by itself
+        assert time.monotonic() - back < 1.5  # reconnect attempts are at most 1 s apart
         assert (await alice.call("GET", "/healthz"))[0] == 200
         # The same sockets, never dropped, work again, and nothing written before is lost.
         assert await call(a, "echo", 2) == 2

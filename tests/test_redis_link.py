@@ -1,0 +1,92 @@
+"""The process's connection to Redis (server/redis_link.py), against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from server.redis_link import RedisAddress, RedisLink, RedisUnavailable
+from server.resp import ReplyError
+
+
+def test_urls_name_host_port_db_credentials_tls_and_unix_sockets():
+    assert RedisAddress.from_url("redis://127.0.0.1:6380/2") == RedisAddress("127.0.0.1", 6380, db=2)
+    assert RedisAddress.from_url("redis://:s%40cret@h") == RedisAddress("h", 6379, password="s@cret")
+    assert RedisAddress.from_url("rediss://u:p@h:1/0").tls
+    assert RedisAddress.from_url("unix:///run/redis.sock?db=3") == RedisAddress(path="/run/redis.sock", db=3)
+    assert "s@cret" not in str(RedisAddress.from_url("redis://:s%40cret@h"))  # logs never show it
+    for bad in ("http://h", "redis://", "redis://h/x", "unix://"):
+        with pytest.raises(ValueError, match="not a Redis URL"):
+            RedisAddress.from_url(bad)
+
+
+@pytest.fixture
+async def link(redis_url):
+    link = RedisLink.from_url(redis_url)
+    await link.start()
+    assert link.up.is_set()
+    yield link
+    await link.close()
+
+
+async def test_a_burst_of_5000_commands_is_answered_in_order(link):
+    await link.call("DEL", "burst")
+    replies = await asyncio.gather(*(link.call("INCR", "burst") for _ in range(5000)))
+    assert replies == list(range(1, 5001))
+
+
+async def test_an_error_reply_fails_its_command_only(link):
+    await link.call("SET", "plain", "x")
+    results = await asyncio.gather(link.call("HGET", "plain", "f"), link.call("GET", "plain"),
+                                   return_exceptions=True)
+    assert isinstance(results[0], ReplyError) and "WRONGTYPE" in str(results[0])
+    assert results[1] == b"x"
+
+
+async def test_messages_of_a_subscribed_channel_are_handed_over_again_after_a_restart(redis_server):
+    link = RedisLink.from_url(redis_server.url)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    await link.start()
+    try:
+        await link.subscribe("news", got.put_nowait)
+        publisher = Redis.from_url(redis_server.url)
+        await publisher.publish("news", b"one")
+        assert await asyncio.wait_for(got.get(), 5) == b"one"
+        await publisher.aclose()
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.wait_for(link.up.wait(), 5)  # up again means subscribed again
+        publisher = Redis.from_url(redis_server.url)
+        await publisher.publish("news", b"two")
+        assert await asyncio.wait_for(got.get(), 5) == b"two"
+        await publisher.aclose()
+    finally:
+        await link.close()
+
+
+async def test_a_frozen_redis_fails_every_waiting_command_within_the_bound(redis_server):
+    link = RedisLink.from_url(redis_server.url, timeout=0.6)
+    lost = asyncio.Event()
+    link.on_down.append(lost.set)
+    await link.start()
+    try:
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        waiting = [link.call("PING") for _ in range(100)]
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, RedisUnavailable) for r in results)
+        assert "no answer from Redis within 0.6 s" in str(results[0])
+        assert time.monotonic() - started < 0.6 * 4 / 3 + 0.3
+        assert lost.is_set() and not link.up.is_set()
+        with pytest.raises(RedisUnavailable):
+            link.call("PING")  # at once, while it is down
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    await asyncio.wait_for(link.up.wait(), 5)
+    assert await link.call("PING") == b"PONG"
+    await link.close()
