@@ -106,7 +106,8 @@ class RedisBackplane(Backplane):
             sizes: dict[bytes, bytes] = await self.link.call("HGETALL", key)
             me = self.instance.encode()
             others = [i for i in sizes if i != me]
-            alive = await self.link.call("MGET", *[self._instance_prefix.encode() + i for i in others]) if others else []
+            prefix = self._instance_prefix.encode()
+            alive = await self.link.call("MGET", *[prefix + i for i in others]) if others else []
         except (RedisUnavailable, ReplyError):
             raise Unavailable("room sizes are unavailable while Redis is unreachable") from None
         dead = [i for i, a in zip(others, alive) if a is None]

@@ -246,7 +246,7 @@ class RedisLink:
     async def ping(self) -> bool:
         """Whether Redis answers now (within the liveness bound)."""
         try:
-            return await self.call("PING") == b"PONG"
+            return bool(await self.call("PING") == b"PONG")
         except (RedisUnavailable, ReplyError):
             return False
 
@@ -282,7 +282,8 @@ class RedisLink:
             self._protocol = protocol
             self.cause = None
             if self._down_since is not None:
-                log.warning("Redis at %s reachable again after %.1f s", self.address, time.monotonic() - self._down_since)
+                log.warning("Redis at %s reachable again after %.1f s", self.address,
+                            time.monotonic() - self._down_since)
                 self._down_since = None
             self.up.set()
             self._tick()

@@ -247,7 +247,7 @@ class RedisSessionBridge(SessionBridge):
         if not live:
             return ended
         try:
-            values = await self.link.call("MGET", *[h.key for h in live])  # type: ignore[misc]
+            values = await self.link.call("MGET", *[h.key for h in live if h.key is not None])
         except (RedisUnavailable, ReplyError) as exc:
             log.info("session check skipped: %s", exc)
             return ended  # an outage ends no session: the next sweep looks again

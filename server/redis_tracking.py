@@ -77,7 +77,8 @@ class TrackingCache:
                     self._values.clear()
                 self._values[name] = value
 
-        return await self._link.call(b"GET", name, on_reply=store)
+        value: bytes | None = await self._link.call(b"GET", name, on_reply=store)
+        return value
 
     def forget(self, key: str) -> None:
         """Drop `key` from the cache (this process just wrote it)."""
