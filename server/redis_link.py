@@ -58,10 +58,12 @@ class RedisAddress:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    tls_ca: str | None = None  # a CA file to verify Redis's certificate with (else the system's)
 
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
-        """Parse `redis://[[user]:password@]host[:port][/db]`, `rediss://...`, `unix:///path[?db=N]`.
+        """Parse `redis://[[user]:password@]host[:port][/db]`, `rediss://...[?ssl_ca_certs=FILE]`
+        (TLS), `unix:///path[?db=N]`.
 
         Raises:
             ValueError: not such a URL.
@@ -79,7 +81,8 @@ class RedisAddress:
                 raise ValueError
             db = int(parts.path.strip("/") or query.get("db", ["0"])[0])
             return cls(host=parts.hostname, port=parts.port or 6379, db=db, username=_unquoted(parts.username),
-                       password=_unquoted(parts.password), tls=parts.scheme == "rediss")
+                       password=_unquoted(parts.password), tls=parts.scheme == "rediss",
+                       tls_ca=query.get("ssl_ca_certs", [None])[0])
         except ValueError:
             raise ValueError(f"not a Redis URL: {url!r} (expected redis://host[:port][/db], "
                              "rediss://... for TLS, or unix:///path/to/socket)") from None
@@ -299,7 +302,7 @@ class RedisLink:
             else:
                 _, protocol = await loop.create_connection(
                     lambda: _Protocol(self), a.host, a.port,
-                    ssl=ssl.create_default_context() if a.tls else None)
+                    ssl=ssl.create_default_context(cafile=a.tls_ca) if a.tls else None)
             try:
                 hello: list[str] = ["HELLO", "3"]
                 if a.password is not None:

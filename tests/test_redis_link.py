@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 
 from server.redis_link import RedisAddress, RedisLink, RedisUnavailable
 from server.resp import ReplyError
+from tests.helpers import free_port
 
 
 def test_urls_name_host_port_db_credentials_tls_and_unix_sockets():
@@ -90,3 +92,48 @@ async def test_a_frozen_redis_fails_every_waiting_command_within_the_bound(redis
     await asyncio.wait_for(link.up.wait(), 5)
     assert await link.call("PING") == b"PONG"
     await link.close()
+
+
+async def test_a_unix_socket_url_reaches_redis(tmp_path):
+    path = tmp_path / "redis.sock"
+    server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(path), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        link = RedisLink.from_url(f"unix://{path}?db=1", timeout=5)
+        async with asyncio.timeout(10):
+            while not path.exists():  # redis-server creates the socket when it is ready
+                await asyncio.sleep(0.02)
+            await link.start()
+            await link.up.wait()
+        assert await link.call("SET", "k", "v") == b"OK"
+        assert (await link.call("CLIENT", "INFO")).count(b"db=1") == 1
+        await link.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                               "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients",
+                               "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        trusted = RedisLink.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", timeout=5)
+        await trusted.start()
+        await asyncio.wait_for(trusted.up.wait(), 10)  # it retries until redis-server listens
+        assert await trusted.call("PING") == b"PONG"
+        await trusted.close()
+        untrusted = RedisLink.from_url(f"rediss://127.0.0.1:{port}/0", timeout=1)
+        await untrusted.start()
+        assert not untrusted.up.is_set() and "CERTIFICATE_VERIFY_FAILED" in untrusted.cause
+        await untrusted.close()
+    finally:
+        server.terminate()
+        server.wait(10)
