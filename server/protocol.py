@@ -7,6 +7,7 @@ sends. It knows nothing of aiohttp or asyncio, so a client can reuse it as it is
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,12 +44,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: no frame the server sends could carry it back
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 # The stdlib reads frames: it keeps integers of any size exactly (orjson reads integers
 # past 64 bits as floats). orjson writes them, several times faster; what it cannot write
 # exactly (integers past 64 bits, non-string keys, lone surrogates) goes through the
 # stdlib, which escapes non-ASCII text there so that the frame stays valid UTF-8. (orjson
 # writes NaN and infinities as null; no client frame can carry them.)
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 _encode_exactly = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -72,7 +80,9 @@ def parse_frame(text: str) -> Event | Ack:
     """
     try:
         frame = _decode(text)
-    except ValueError:
+    except RecursionError:
+        raise BadFrame("frame is nested too deeply") from None
+    except ValueError:  # also numbers out of range, and integers of more than 4300 digits
         raise BadFrame("frame is not valid JSON") from None
     if type(frame) is not dict:
         raise BadFrame("frame must be a JSON object")

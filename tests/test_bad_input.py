@@ -21,6 +21,19 @@ async def test_malformed_json(alice):
     assert error == {"code": "bad_frame", "message": "frame is not valid JSON"}
 
 
+async def test_hostile_json_is_bad_frame_and_the_socket_stays_open(alice, caplog):
+    ws = await alice.connect()
+    hostile = [
+        '{"event": "echo", "data": ' + "[" * 5000 + "]" * 5000 + ', "id": 1}',  # nested too deeply
+        '{"event": "echo", "data": [1e400, ' + "9" * 100 + '], "id": 2}',  # a float out of range
+        '{"event": "echo", "data": ' + "9" * 5000 + ', "id": 3}',  # an integer too long to read
+    ]
+    for frame in hostile:
+        assert (await errors_then_echo(ws, frame))["code"] == "bad_frame"
+    assert "Traceback" not in caplog.text
+    assert await call(ws, "echo", [2**70, 1e300]) == [2**70, 1e300]  # large but exact numbers still work
+
+
 async def test_frame_that_is_not_an_object(alice):
     ws = await alice.connect()
     assert (await errors_then_echo(ws, "[1, 2]"))["code"] == "bad_frame"

@@ -36,6 +36,8 @@ def test_error_ack():
     ("not json", "not valid JSON"),
     ("", "not valid JSON"),
     ('{"event": "x", "data": NaN}', "not valid JSON"),
+    ('{"event": "x", "data": 1e400}', "not valid JSON"),
+    ('{"event": "x", "data": ' + "[" * 3000 + "]" * 3000 + "}", "nested too deeply"),
     ("[1]", "must be a JSON object"),
     ('"event"', "must be a JSON object"),
     ("{}", '"event"'),
