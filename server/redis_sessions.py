@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Callable, Iterable, TypeVar
@@ -24,7 +25,7 @@ from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly,
 from .redis_link import RedisLink, RedisUnavailable
 from .redis_tracking import TrackingCache
 from .resp import ReplyError
-from .sessions import SessionBridge, SessionHandle
+from .sessions import SessionBridge, SessionHandle, ended, session_deadline
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ T = TypeVar("T")
 
 # A write of a session that already has a key stores it only if the key is still there:
 # a request that ran while its session was logged out must not store it again.
+# It keeps the key's expiry: a session ends `max_age` after login, whatever is written.
 _SET_IF_EXISTS = ("if redis.call('EXISTS', KEYS[1]) == 1 then "
-                  "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end return false")
+                  "return redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL') end return false")
 # Compare-and-set: store ARGV[2] only if the key still holds ARGV[1] (what was read).
 _COMPARE_AND_SET = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
                     "redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 end return 0")
@@ -105,24 +107,31 @@ class RedisStorage(AbstractStorage):
             data = self._decoder(raw.decode())
         except ValueError:
             data = None
-        return Session(identity, data=data, new=False, max_age=self.max_age)
+        session = Session(identity, data=data, new=False, max_age=self.max_age)
+        if self.max_age is not None and ended(session, self.max_age):  # Redis expires it any moment
+            return Session(None, data=None, new=True, max_age=self.max_age)
+        return session
 
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        max_age = session.max_age or self.max_age
-        if session.identity is None:  # a new session: a new key
+        assert self.max_age is not None, "Redis sessions need a max_age"
+        left = session_deadline(session, self.max_age) - time.time()
+        cookie_age = max(math.ceil(left), 0)
+        if session.identity is None:  # a new session: a new key, that expires `max_age` after login
+            if session.empty or left <= 0:
+                return
             identity = uuid.uuid4().hex
             value = self._encoder(self._get_session_data(session))
-            await self.write("SET", self.key(identity), value, "EX", max_age, key=self.key(identity))
-            self.save_cookie(response, identity, max_age=session.max_age)
+            await self.write("SET", self.key(identity), value, "PX", int(left * 1000), key=self.key(identity))
+            self.save_cookie(response, identity, max_age=cookie_age)
             return
         key = self.key(session.identity)
-        if session.empty:
+        if session.empty or left <= 0:
             await self.write("DEL", key, key=key)
             self.save_cookie(response, "", max_age=session.max_age)
             return
         value = self._encoder(self._get_session_data(session))
-        if await self.write("EVAL", _SET_IF_EXISTS, 1, key, value, max_age, key=key):
-            self.save_cookie(response, session.identity, max_age=session.max_age)
+        if await self.write("EVAL", _SET_IF_EXISTS, 1, key, value, key=key):
+            self.save_cookie(response, session.identity, max_age=cookie_age)
 
 
 class _Modifications:
@@ -292,7 +301,7 @@ class RedisSessionBridge(SessionBridge):
     def _replace(self, handle: SessionHandle, raw: bytes | None) -> Session:
         if raw is None:
             # Both end the same way; the deadline tells which one it was.
-            raise SessionExpired() if time.time() >= handle.deadline - 1 else LoggedOut()
+            raise SessionExpired() if time.time() >= handle.deadline - 0.5 else LoggedOut()
         session = Session(handle.session.identity, data=json.loads(raw), new=False, max_age=self.max_age)
         if session.empty:
             raise LoggedOut()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import secrets
 import time
 from typing import Any, Callable, Iterable, TypeVar
@@ -29,6 +30,24 @@ T = TypeVar("T")
 # A random id kept in the session data names "this browser session" in both storages
 # (the cookie storage has no identity of its own); only its hash ever leaves the server.
 SID_KEY = "_sid"
+# When the session was logged in (Unix time): it ends `max_age` after that, whatever is
+# written to it since. (aiohttp-session moves a session's `created` to "now" on every
+# write, so a session written to once a minute would otherwise never expire.)
+LOGIN_KEY = "_login"
+
+
+def session_deadline(session: Session, max_age: int) -> float:
+    """When a session ends: `max_age` after its login (after its creation, if it has none)."""
+    login = session.get(LOGIN_KEY)
+    if type(login) in (int, float):
+        return float(login) + max_age
+    # aiohttp-session and Fernet count whole seconds: a session without a login time is
+    # still valid during the second that ends `max_age` after it was created.
+    return session.created + max_age + 1
+
+
+def ended(session: Session, max_age: int) -> bool:
+    return not session.empty and time.time() >= session_deadline(session, max_age)
 
 
 class SessionHandle:
@@ -41,8 +60,7 @@ class SessionHandle:
         # The stored value `session` was parsed from, when it came from a reload: the same
         # value again needs no parsing.
         self.raw: bytes | None = None
-        # aiohttp-session expires a session `max_age` after it was created, whatever the
-        # storage, so the deadline is fixed for the session's whole life.
+        # Fixed for the session's whole life: `max_age` after login.
         self.deadline = deadline
         self.key = key
 
@@ -74,9 +92,7 @@ class SessionBridge:
             Unavailable: the storage cannot be reached.
         """
         session = await self.get(request)
-        # Both aiohttp-session and Fernet count whole seconds: the session is still valid
-        # during the second that ends `max_age` after it was created.
-        return SessionHandle(session, session.created + self.max_age + 1, self._key_of(session))
+        return SessionHandle(session, session_deadline(session, self.max_age), self._key_of(session))
 
     async def reload(self, handle: SessionHandle) -> None:
         """Refresh `handle.session` from the storage.
@@ -149,6 +165,7 @@ class SessionBridge:
         await self._forget(old)
         session = await new_session(request)
         session[SID_KEY] = secrets.token_urlsafe(24)
+        session[LOGIN_KEY] = time.time()
         return session, old
 
     async def destroy(self, request: web.Request) -> dict[str, Any]:
@@ -180,8 +197,31 @@ class CookieSessionBridge(SessionBridge):
     """Sessions in an encrypted cookie: nothing on the server, so sockets hold a snapshot."""
 
     def __init__(self, fernet: Fernet, max_age: int, **cookie: Any) -> None:
-        storage = EncryptedCookieStorage(RememberingFernet(fernet), max_age=max_age, **cookie)
+        storage = _CookieStorage(RememberingFernet(fernet), max_age=max_age, **cookie)
         super().__init__(storage, max_age)
+
+
+class _CookieStorage(EncryptedCookieStorage):
+    """aiohttp-session's cookie storage, with sessions that end `max_age` after login.
+
+    Every write encrypts the cookie anew, and Fernet's TTL counts from the encryption, so
+    the login time in the session decides; the cookie's `Max-Age` is what is left of it.
+    """
+
+    async def load_session(self, request: web.Request) -> Session:
+        session = await super().load_session(request)
+        if self.max_age is not None and ended(session, self.max_age):
+            return Session(None, data=None, new=True, max_age=self.max_age)
+        return session
+
+    async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
+        if self.max_age is not None and not session.empty:
+            left = session_deadline(session, self.max_age) - time.time()
+            if left <= 0:
+                self.save_cookie(response, "", max_age=session.max_age)
+                return
+            session.max_age = math.ceil(left)
+        await super().save_session(request, response, session)
 
 
 class RememberingFernet(Fernet):

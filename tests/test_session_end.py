@@ -1,6 +1,7 @@
 """Logout, a newer login and expiry really disconnect (protocol.md, "Close codes")."""
 
 import asyncio
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -88,3 +89,22 @@ async def test_a_closing_socket_never_writes_its_stale_session_back(alice):
     assert body["user"]["name"] == "bob"
     _, body = await alice.call("POST", "/api/incr")
     assert body == {"count": 1}  # bob's fresh session, untouched by alice's old socket
+
+
+async def test_writes_do_not_extend_a_session_past_max_age(serve, settings):
+    """A session ends `max_age` after login, however often HTTP routes and sockets write it."""
+    base_url = await serve(settings, session_max_age=2, session_check_interval=3600)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        logged_in = time.monotonic()
+        status = 200
+        while status == 200 and time.monotonic() - logged_in < 5:  # each write would re-stamp a sliding session
+            status, _ = await b.call("POST", "/api/incr")
+            if status == 200 and settings.redis_url:
+                await call(ws, "incr")
+            await asyncio.sleep(0.2)
+        assert status == 401
+        assert 2 - 0.3 <= time.monotonic() - logged_in < 2 + 1.0
+        await ws.send_str('{"event": "echo", "data": 1, "id": 1}')
+        await expect_close(ws, 4002)
