@@ -6,11 +6,14 @@ yours would be.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import math
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +22,7 @@ from aiohttp import web
 from .codes import CloseCode
 from .errors import Forbidden, InvalidData, RequestFailed
 from .http_errors import json_error
+from .limits import LoginThrottle
 from .responses import json_then
 from .hub import Hub, session_room, user_room
 from .sockets import Socket
@@ -26,29 +30,80 @@ from .sockets import Socket
 ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_CONFIRM_TIMEOUT = 60
 MAX_TEXT = 2000
+MAX_USERNAME, MAX_PASSWORD = 64, 1024
 INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
 
+class LoginsBusy(Exception):
+    """More logins wait for a password check than the server queues."""
+
+
 class Users:
-    """Demo accounts with scrypt-hashed passwords; `check` returns the public user object."""
+    """Demo accounts with scrypt-hashed passwords; `check` returns the public user object.
 
-    def __init__(self, passwords: Mapping[str, str]) -> None:
-        self._accounts: dict[str, tuple[int, bytes, bytes]] = {}
-        for number, (name, password) in enumerate(passwords.items(), start=1):
+    scrypt takes about 60 ms of CPU on purpose, so it never runs on the event loop: the
+    hashes are computed in one worker thread (hashlib releases the GIL while it works), the
+    accounts' own at start-up in the background, and at most `max_waiting` logins wait for
+    it; past that, `check` raises `LoginsBusy` at once.
+    """
+
+    def __init__(self, passwords: Mapping[str, str], *, max_waiting: int = 32) -> None:
+        self._passwords = dict(passwords)
+        self._accounts: dict[str, tuple[int, bytes, asyncio.Future[bytes]]] = {}
+        self._decoy: tuple[int, bytes, asyncio.Future[bytes]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._max_waiting = max_waiting
+        self._waiting = 0
+
+    def start(self) -> None:
+        """Hash the accounts' passwords in the background (at application start-up)."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-hash")
+        for number, (name, password) in enumerate(self._passwords.items(), start=1):
             salt = os.urandom(16)
-            self._accounts[name] = (number, salt, _hash(password, salt))
+            self._accounts[name] = (number, salt, self._hashing(password, salt))
         # Unknown names are checked against this, so they cost as much as a wrong password.
-        self._decoy = (0, os.urandom(16), b"")
+        self._decoy = (0, os.urandom(16), self._hashing("", b""))
 
-    def check(self, name: str, password: str) -> dict[str, Any] | None:
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def check(self, name: str, password: str) -> dict[str, Any] | None:
+        """The user, if `password` is theirs.
+
+        Raises:
+            LoginsBusy: too many logins are waiting already.
+        """
+        assert self._decoy is not None, "Users.start() was not called"
+        if self._waiting >= self._max_waiting:
+            raise LoginsBusy()
         number, salt, digest = self._accounts.get(name, self._decoy)
-        if hmac.compare_digest(_hash(password, salt), digest) and number:
-            return {"id": number, "name": name}
-        return None
+        self._waiting += 1
+        try:
+            given = await self._hashing(password, salt)
+            if hmac.compare_digest(given, await digest) and number:
+                return {"id": number, "name": name}
+            return None
+        finally:
+            self._waiting -= 1
+
+    def _hashing(self, password: str, salt: bytes) -> asyncio.Future[bytes]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, _hash, password, salt)
 
 
 def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+
+
+def _text(value: Any, longest: int) -> bool:
+    """A string of at most `longest` characters that is valid Unicode (no lone surrogates)."""
+    if type(value) is not str or len(value) > longest:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def now_ms() -> int:
@@ -57,6 +112,7 @@ def now_ms() -> int:
 
 def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> None:
     users = Users(passwords)
+    throttle = LoginThrottle()
     sessions = hub.sessions
     routes = web.RouteTableDef()
 
@@ -84,11 +140,25 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
     async def login(request: web.Request) -> web.Response:
         body = await json_object(request)
         name, password = body.get("username"), body.get("password")
-        if type(name) is not str or type(password) is not str:
-            raise json_error(web.HTTPBadRequest, "bad_request", '"username" and "password" must be strings')
-        user = users.check(name, password)
+        if not _text(name, MAX_USERNAME) or not _text(password, MAX_PASSWORD):
+            raise json_error(web.HTTPBadRequest, "bad_request",
+                             f'"username" and "password" must be strings of at most {MAX_USERNAME} and '
+                             f'{MAX_PASSWORD} characters')
+        address = request.remote or ""
+        wait = throttle.wait(name, address)
+        if wait:
+            seconds = math.ceil(wait)
+            raise json_error(web.HTTPTooManyRequests, "rate_limited",
+                             f"too many failed logins; try again in {seconds} s", {"Retry-After": str(seconds)})
+        try:
+            user = await users.check(name, password)
+        except LoginsBusy:
+            raise json_error(web.HTTPServiceUnavailable, "unavailable", "too many logins at once; try again",
+                             {"Retry-After": "1"}) from None
         if user is None:
+            throttle.failed(name, address)
             raise json_error(web.HTTPUnauthorized, "bad_credentials", "wrong username or password")
+        throttle.succeeded(name, address)
         session, old = await sessions.rotate(request)
         session["user"] = user
         return json_then({"user": user}, lambda: hub.disconnect_session(old, CloseCode.SESSION_REPLACED))
@@ -129,6 +199,15 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
                                                           "message": "Redis is unreachable"}}, status=503)
 
     app.add_routes(routes)
+
+    async def hash_passwords(app: web.Application) -> None:
+        users.start()
+
+    async def stop_hashing(app: web.Application) -> None:
+        users.stop()
+
+    app.on_startup.append(hash_passwords)
+    app.on_cleanup.append(stop_hashing)
 
     @hub.on("whoami")
     async def whoami(socket: Socket, data: Any) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from .errors import Unavailable
 log = logging.getLogger(__name__)
 
 
-def json_error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+def json_error(status: type[web.HTTPException], code: str, message: str,
+               headers: dict[str, str] | None = None) -> web.HTTPException:
     """An HTTP exception whose body is the JSON error object; raise it from a route."""
     body = json.dumps({"error": {"code": code, "message": message}})
-    return status(text=body, content_type="application/json")
+    return status(text=body, content_type="application/json", headers=headers)
 
 
 _CODES = {
