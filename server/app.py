@@ -11,6 +11,7 @@ from .config import Settings, load_fernet
 from .cors import cors_middleware
 from .demo import setup_demo
 from .http_errors import json_errors
+from .origins import same_origin_middleware
 from .hub import Hub, reload_session
 from .redis_backplane import RedisBackplane
 from .redis_link import RedisLink
@@ -53,6 +54,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(middlewares=[
         cors_middleware(settings.allowed_origins),
         json_errors,
+        same_origin_middleware(settings.allowed_origins),
         sessions.middleware(),
     ])
     app[HUB] = hub

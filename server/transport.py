@@ -21,6 +21,7 @@ from .codes import CloseCode, ErrorCode
 from .errors import BadFrame, CloseConnection, RateLimited, ReplyError, SocketClosed, Unavailable
 from .http_errors import json_error
 from .hub import Hub
+from .origins import origin_allowed
 from .protocol import Ack, Event, encode_ack, parse_frame
 from .sockets import Socket
 
@@ -44,12 +45,6 @@ class TransportSettings:
     handler_grace: float = 5.0
     # Events per second per socket (bursts of twice that); 0 means no limit.
     rate_limit: float = 0.0
-
-
-def origin_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
-    """The brief's Origin rule: none (not a browser), the page's own, or an allowed one."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}" or origin in allowed
 
 
 class WebSocketEndpoint:

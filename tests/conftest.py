@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ from redis import Redis
 from server.app import HUB, make_app
 from server.config import Settings
 from tests.helpers import ROOT, Browser, free_port  # noqa: F401 (ROOT: for tests)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 
@@ -69,6 +74,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (its own browser download does not work here)."""
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture
