@@ -10,6 +10,7 @@ from aiohttp import web
 from .config import Settings, load_fernet
 from .cors import cors_middleware
 from .demo import setup_demo
+from .headers import security_headers
 from .http_errors import json_errors
 from .origins import same_origin_middleware
 from .hub import Hub, reload_session
@@ -52,6 +53,7 @@ def make_app(settings: Settings | None = None) -> web.Application:
     hub.use(reload_session)
 
     app = web.Application(middlewares=[
+        security_headers,
         cors_middleware(settings.allowed_origins),
         json_errors,
         same_origin_middleware(settings.allowed_origins),

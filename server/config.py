@@ -154,9 +154,15 @@ def load_fernet(settings: Settings) -> Fernet:
         return _fernet(settings.session_key, "SESSION_KEY")
     path = Path(settings.session_key_file)
     try:
-        return _fernet(path.read_text().strip(), str(path))
+        fernet = _fernet(path.read_text().strip(), str(path))
     except FileNotFoundError:
         pass
+    else:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("the session key file %s can be read by other users (mode %o): anyone who can read "
+                        "it can forge sessions; chmod 600 it", path.resolve(), mode)
+        return fernet
     key = Fernet.generate_key()
     # O_EXCL: two processes starting at once must not overwrite each other's key.
     try:

@@ -327,3 +327,25 @@ async def test_logout_clears_what_the_previous_user_saw(chromium, server):
     await log_in(page, "bob", "builder")
     await expect(page.locator("#user")).to_have_text("bob")
     await expect_nothing_of_alice(page)
+
+
+async def test_the_page_works_under_its_content_security_policy(chromium, server):
+    context = await chromium.new_context()
+    page = await context.new_page()
+    # Record every CSP violation the page reports, from before its first script runs.
+    await page.add_init_script("window.violations = []; document.addEventListener("
+                               "'securitypolicyviolation', e => window.violations.push(e.violatedDirective))")
+    console: list = []
+    page.on("console", lambda message: console.append(message.text))
+    response = await page.goto(server.url)
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    await log_in(page, "alice", "wonderland")
+    await page.click("#join")
+    await expect(page.locator("#room-info")).to_contain_text("In lobby")
+    await page.fill("#chat-text", "under CSP")
+    await page.click("#chat-form button")
+    await expect(page.locator("#messages")).to_contain_text("alice: under CSP")
+    await page.click("#incr-http")
+    await expect(page.locator("#counter")).to_have_text("1")
+    assert await page.evaluate("window.violations") == []
+    assert [text for text in console if "Content Security Policy" in text] == []

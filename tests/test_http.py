@@ -124,3 +124,12 @@ async def test_no_cors_headers_for_other_origins(spa):
         async with b.http.get(spa + "api/me", headers={"Origin": "http://evil.example"}) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
             assert "Origin" in r.headers.getall("Vary")
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/me", "/nowhere"])
+async def test_every_response_has_security_headers_and_no_versions(browser, path):
+    async with browser.http.get(browser.base_url + path) as r:
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+        assert r.headers["Referrer-Policy"] == "same-origin"
+        assert r.headers["Server"] == "session-sockets"

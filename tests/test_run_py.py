@@ -50,6 +50,15 @@ async def test_cookie_storage_end_to_end_and_sigterm_closes_with_1001(tmp_path):
         assert cookie.split("=", 1)[1] not in log  # no secret in the log
 
 
+async def test_a_key_file_others_can_read_is_used_with_a_warning(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(Fernet.generate_key().decode())
+    key_file.chmod(0o644)
+    async with RunPy(env={"SESSION_KEY_FILE": str(key_file)}) as server:
+        pass
+    assert any("can be read by other users (mode 644)" in line for line in server.output)
+
+
 async def test_the_key_file_keeps_everyone_logged_in_across_restarts(tmp_path):
     env = {"SESSION_KEY_FILE": str(tmp_path / "key")}
     async with Browser("http://127.0.0.1:1/") as b:
