@@ -14,6 +14,9 @@ Scenarios:
   With `--fresh-cookies` (cookie storage) each upgrade sends a cookie never seen before.
 * `idle`: opens `--connections` sockets and leaves them idle; reports the RSS delta of
   the server per connection.
+* `storm`: `--connections` upgrades of one logged-in session opened at the same moment
+  (no cap on concurrent connections), each until its first frame, then all closed at
+  once; unit: one upgrade. Failures are counted by cause, not raised.
 
 Protocols (`--proto`): `ours` (protocol v1 with a login cookie), `raw` (protocol v1
 frames to bench/raw_server.py), `rawstr` (the same frames, echoed verbatim) and `sio`
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import importlib.util
 import json
 import math
@@ -38,7 +42,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import aiohttp.abc
 
-from bench.processes import cpu_seconds, machine_cpu_seconds, raise_open_files, rss_bytes
+from bench.processes import cpu_seconds, machine_cpu_seconds, raise_open_files, rss_bytes, tcp_counters
 
 try:  # the load generator's own decoding cost does not count, but less of it is faster
     from orjson import loads
@@ -511,7 +515,83 @@ async def idle(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, A
             "note": "server_cpu_per_unit here is the handshake cost while opening the connections"}
 
 
-SCENARIOS = {"echo": echo, "fanout": fanout, "handshake": handshake, "idle": idle}
+async def settle(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until the servers stop using CPU (they finish what follows the last frame):
+    no clock tick in 0.1 s, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        now = sum(cpu_seconds(pid) for pid in pids)
+        if now == last:
+            return
+        last = now
+        await asyncio.sleep(0.1)
+
+
+def failure(exc: BaseException) -> str:
+    """A failed upgrade's cause, short enough to count: HTTP 503, timeout, reset, ..."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connect: {type(exc.os_error).__name__}"
+    if isinstance(exc, ScenarioError):
+        return str(exc)[:60]  # "socket closed: CLOSE code=4401 ...", "expected an authenticated ..."
+    return type(exc).__name__
+
+
+async def storm(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    """N upgrades at once, as after a deploy or a network blip: every client of one
+    session reconnects in the same moment. A failed upgrade is a result, not an error."""
+    base, n = args.url[0], args.connections
+    async with client_session() as session:
+        await proto.setup(session, base)
+        await (await proto.connect(session, base)).close()  # warm the code paths up first
+        await settle(meter.pids)
+        started = time.perf_counter()
+        latencies: list[float] = []
+        failures: collections.Counter[str] = collections.Counter()
+
+        async def upgrade() -> aiohttp.ClientWebSocketResponse | None:
+            try:
+                async with asyncio.timeout(args.storm_timeout):
+                    ws = await proto.connect(session, base)
+            except Exception as exc:  # counted: the storm goes on
+                failures[failure(exc)] += 1
+                return None
+            latencies.append(time.perf_counter() - started)  # storm start -> this first frame
+            return ws
+
+        counters = tcp_counters()
+        meter.start()
+        opened = [ws for ws in await asyncio.gather(*(upgrade() for _ in range(n))) if ws is not None]
+        wall = time.perf_counter() - started
+        await settle(meter.pids)
+        meter.stop()
+        figures = meter.figures(len(opened), latencies)
+        figures.update(throughput=len(opened) / wall if wall > 0 else 0.0, storm_wall=wall,
+                       tcp={k: v - counters.get(k, 0) for k, v in tcp_counters().items()})
+        figures["close"] = await close_all(opened, Meter(meter.pids, meter.others))
+    return {**figures, "unit": "upgrade", "connections": n, "ok": len(opened), "failed": n - len(opened),
+            "failures": dict(failures), "latency_of": "storm start -> the socket's first frame"}
+
+
+async def close_all(sockets: list[aiohttp.ClientWebSocketResponse], meter: Meter) -> dict[str, Any]:
+    """Close every socket at the same moment (closing handshakes, not aborts)."""
+    started = time.perf_counter()
+    meter.start()
+    answers = await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    wall = time.perf_counter() - started
+    await settle(meter.pids)
+    meter.stop()
+    # Answered: the server sent its close frame back within the client's ws_close timeout.
+    failed = sum(1 for ws, a in zip(sockets, answers) if isinstance(a, BaseException) or ws.close_code in (None, 1006))
+    return {"sockets": len(sockets), "failed": failed, "wall": wall,
+            "server_cpu": meter.figures(len(sockets))["server_cpu"]}
+
+
+SCENARIOS = {"echo": echo, "fanout": fanout, "handshake": handshake, "idle": idle, "storm": storm}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -530,6 +610,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="the load generator's event loop (auto: uvloop when installed); servers never use uvloop")
     p.add_argument("--settle", type=float, default=2.0, help="idle: seconds to wait before reading RSS")
+    p.add_argument("--storm-timeout", type=float, default=60.0,
+                   help="storm: seconds an upgrade may take (to its first frame) before it counts as failed")
     for url in (args := p.parse_args(argv)).url:
         if not url.startswith(("http://127.", "http://localhost")):
             p.error("the load generator only drives servers on this machine (127.0.0.0/8)")

@@ -121,6 +121,24 @@ def wait_idle(pids: list[int], timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+# Kernel counters that tell a listen queue overflowed (the SYN or the final ACK was dropped
+# and the client retransmits it a second or more later) or fell back to SYN cookies.
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "SyncookiesSent", "TCPReqQFullDrop")
+
+
+def tcp_counters() -> dict[str, int]:
+    """TCP_COUNTERS from /proc/net/netstat: the whole machine's (its network namespace)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+                 if line.startswith("TcpExt:")]
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    values = dict(zip(lines[0][1:], lines[1][1:]))
+    return {name: int(values[name]) for name in TCP_COUNTERS if name in values}
+
+
 def rss_bytes(pid: int) -> int:
     """The resident set size (VmRSS) of a process, in bytes."""
     with open(f"/proc/{pid}/status") as f:
@@ -240,23 +258,33 @@ def wait_http(child: Child, path: str = "/healthz", timeout: float = 30.0) -> No
         time.sleep(0.05)
 
 
-def start_redis(procs: Processes, core: int | None) -> tuple[Child, str]:
-    """A private redis-server on a free port, without persistence; returns it and its URL."""
+def start_redis(procs: Processes, core: int | None, *, port: int | None = None,
+                persist: Path | None = None) -> tuple[Child, str]:
+    """A private redis-server on a free port (or `port`); returns it and its URL.
+
+    Without `persist` it keeps nothing on disk. With it, it keeps an append-only file in
+    that directory (fsync every second; a SIGTERM makes it write and sync the file before
+    it exits), so a redis-server started again on the same port and directory comes back
+    with every key: the soak (h) restarts Redis without ending its sessions.
+    """
     if shutil.which("redis-server") is None:
         raise RuntimeError("redis-server is not installed (Debian package redis-server)")
-    port = free_port()
+    port = port or free_port()
+    persistence = ["--appendonly", "no", "--dir", str(procs.logdir)]
+    if persist is not None:
+        persist.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(persist)]
     child = procs.start("redis", [
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--dir", str(procs.logdir),
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
     ], core=core, port=port)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # loading an append-only file takes a moment
     while True:
         if child.process.poll() is not None:
             raise RuntimeError(f"redis-server exited:\n{child.log_tail()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith(b"+PONG"):  # -LOADING while it reads the file
                     break
         except OSError:
             pass
@@ -264,6 +292,15 @@ def start_redis(procs: Processes, core: int | None) -> tuple[Child, str]:
             raise RuntimeError("redis-server did not start")
         time.sleep(0.05)
     return child, f"redis://127.0.0.1:{port}/0"
+
+
+def http_ok(port: int, path: str = "/healthz", timeout: float = 1.0) -> bool:
+    """Whether 127.0.0.1:port answers `GET path` with 200 now (one try, bounded)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
 
 
 def python() -> str:

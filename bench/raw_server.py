@@ -10,7 +10,10 @@ It speaks just enough of protocol v1 for the bench, with the stdlib's json:
 
 With `--mode str` it does no JSON at all: every text frame is sent back as it is.
 
-    python bench/raw_server.py --port 8090 [--mode json|str] [--heartbeat 25]
+    python bench/raw_server.py --port 8090 [--mode json|str] [--heartbeat 25] [--backlog 4096]
+
+It listens with the backlog run.py uses (4096; aiohttp's default is 128), so that the
+upgrade storm of scenario (g) compares servers, not listen queues.
 """
 
 from __future__ import annotations
@@ -108,12 +111,14 @@ def main() -> None:
                    help="json: decode and re-encode an ack envelope; str: echo the raw string")
     p.add_argument("--heartbeat", type=float, default=25.0, help="seconds between pings (0: off); ours uses 25")
     p.add_argument("--cold-allocator", action="store_true", help="skip warm_allocator() (see its docstring)")
+    p.add_argument("--backlog", type=int, default=4096, help="the listen backlog (run.py: 4096)")
     args = p.parse_args()
     if not args.cold_allocator:
         warm_allocator()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     web.run_app(make_app(args.mode, args.heartbeat or None), host="127.0.0.1", port=args.port,
+                backlog=args.backlog,
                 print=lambda _: print(f"raw server ({args.mode}) on 127.0.0.1:{args.port}", flush=True))
 
 

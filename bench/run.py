@@ -1,9 +1,10 @@
-"""The bench runner: every scenario of issue 5, against raw aiohttp and python-socketio, in
-one run on this machine; writes bench/RESULTS.md.
+"""The bench runner: every scenario of issue 5, against raw aiohttp and python-socketio, and
+the storm and soak of issue 8, in one run on this machine; writes bench/RESULTS.md.
 
-    python -m bench                      # the full run (about 10 minutes)
+    python -m bench                      # the full run (about 17 minutes; (g) and (h) about 7 of them)
     python -m bench --quick              # a smoke check (about 1 minute) -> bench/RESULTS-quick.md
     python -m bench --scenarios a,b --duration 3 --rounds 5
+    python -m bench --scenarios g,h --soak-duration 60     # the storm, and a shorter soak
 
 Each server runs as its own process pinned to core 0 (`taskset -c 0`); the load generator
 (bench/loadgen.py) is a separate process pinned to core 1, and so is the private
@@ -12,6 +13,9 @@ round after round (ours, raw, socketio, ours, raw, socketio, ...), because the m
 speed drifts; the tables show medians over the rounds. Ratios are computed from the
 server's CPU time per unit of work (utime + stime from /proc/PID/stat over the measured
 window), because a Python load generator may itself be the bottleneck of throughput.
+
+The soak (h) is not measured in rounds: it is one long run with faults, driven by
+bench/faults.py (the processes and the faults) and bench/soak.py (its load generator).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -35,6 +40,7 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.faults import SoakSettings, run_soak, soak_notes, soak_section, soak_targets  # noqa: E402
 from bench.processes import (  # noqa: E402
     ROOT, Child, Processes, can_pin, core_speed, free_port, pinned, python, raise_open_files, start_redis, wait_http,
     wait_idle,
@@ -89,6 +95,8 @@ SERVERS = {s.key: s for s in [
            cold_allocator=True),
     Server("rawstr", "raw aiohttp, no JSON (echoes the string)", "rawstr", "rawstr"),
     Server("sio", "python-socketio AsyncServer", "sio", "sio"),
+    Server("ours-soak", "ours x2 processes, Redis with an append-only file", "ours", "ours", redis=True,
+           processes=2),
 ]}
 
 
@@ -126,6 +134,13 @@ class Group:
     max_rounds: int = 1000  # RSS barely moves from round to round: fewer rounds will do
     order: tuple[str, ...] = ()  # the order of measurement within a round
 
+    def size(self, quick: bool) -> int:
+        return self.quick_connections if quick else self.connections
+
+    def heading(self, quick: bool) -> str:
+        """The title, with `{n}` replaced by the number of connections of this run."""
+        return self.title.replace("{n}", f"{self.size(quick):,}")
+
     def servers(self, letters: set[str]) -> list[Server]:
         """The servers the chosen scenarios need, in `order`: each reference next to ours."""
         wanted = {key for letter in letters & set(self.needs) for key in self.needs[letter]}
@@ -144,8 +159,16 @@ GROUPS = [
           order=("ours-fresh", "ours", "raw", "ours-redis", "ours-info", "sio")),
     Group("idle", "(e) memory per idle authenticated connection", "idle",
           {"e": ("ours", "raw", "sio")}, 5000, 500, fresh=True, max_rounds=3, order=("ours", "raw", "sio")),
+    # Storms are seconds long and barely drift: three rounds will do.
+    Group("storm1k", "(g) storm: {n} simultaneous upgrades of one session, then all closed at once", "storm",
+          {"g": ("ours", "ours-redis", "raw")}, 1000, 200, max_rounds=3, order=("ours", "raw", "ours-redis")),
+    Group("storm5k", "(g) storm: {n} simultaneous upgrades of one session, then all closed at once", "storm",
+          {"g": ("ours", "ours-redis", "raw")}, 5000, 500, max_rounds=3, order=("ours", "raw", "ours-redis")),
+    # One run, not rounds (bench/faults.py); its size is in SoakSettings.
+    Group("soak", "(h) soak: two processes on one Redis, a Redis restart and a killed process", "soak",
+          {"h": ("ours-soak",)}, 1000, 1000, max_rounds=1),
 ]
-LETTERS = "abcdef"
+LETTERS = "abcdefgh"
 
 
 @dataclass
@@ -159,6 +182,7 @@ class Options:
     output: Path
     command: str
     env: dict[str, str]  # for the servers and load generators: SESSION_KEY
+    soak: SoakSettings = field(default_factory=SoakSettings)
     best_speed: float = 0.0  # the fastest core_speed() seen in this run
 
 
@@ -179,7 +203,7 @@ def stop_server(procs: Processes, running: Running) -> None:
 
 
 def run_loadgen(group: Group, running: Running, opts: Options, redis: Child | None) -> dict[str, Any]:
-    connections = group.quick_connections if opts.quick else group.connections
+    connections = group.size(opts.quick)
     cmd = [python(), "-m", "bench.loadgen", group.loadgen, "--proto", running.server.proto,
            "--connections", str(connections), "--duration", str(opts.duration), "--warmup", str(opts.warmup)]
     cmd += running.server.loadgen_args
@@ -266,6 +290,10 @@ def _brief(result: dict[str, Any]) -> str:
             f"  foreign {result['foreign_util']:.2f}  speed {result.get('speed', 1):.2f}")
     if "rss_per_connection" in result:
         text += f"  RSS {result['rss_per_connection'] / 1024:.1f} KB/conn"
+    if "storm_wall" in result:
+        text += (f"  failed {result['failed']}/{result['connections']} {result['failures'] or ''}"
+                 f" wall {result['storm_wall']:.2f} s  close {result['close']['wall']:.2f} s"
+                 f" ({result['close']['failed']} failed)")
     return text
 
 
@@ -359,6 +387,20 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
         out.append(Target(letter, what, f"{_us(ours.cpu)}/{unit}", f"{ref_label}: {_us(ref.cpu)}/{unit}",
                           ratio, f"<= {limit:g}x", passed, miss, rounds))
 
+    def storm_target(group: str, key: str) -> None:
+        ours, ref = get(group, key), get(group, "raw")
+        if ours is None or not ours.ok:
+            return
+        n = ours.ok[0]["connections"]
+        rounds = _per_round_ratios(ours, ref) if ref else []
+        failed = sum(r["failed"] for r in ours.ok)
+        passed = failed == 0 and not ours.errors
+        out.append(Target("g", f"storm of {n:,} upgrades of one session, {SERVERS[key].label}: failed upgrades "
+                               "(every round; the ratio is of server CPU per upgrade)",
+                          _storm_figure(ours), "raw aiohttp: " + _storm_figure(ref) if ref else "-",
+                          _median(rounds) if rounds else None, "0 failed", passed,
+                          "" if passed else f"{failed} failed" + (", errors" if ours.errors else ""), rounds))
+
     if "a" in letters:
         cpu_target("a", "echo with ack, cookie storage, reload_session on", "echo", "ours", "raw",
                    "raw aiohttp JSON echo", 1.1)
@@ -402,6 +444,12 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
             out.append(Target("f", "fan-out across 2 processes through Redis: CPU per delivery, both processes",
                               f"{_us(two.cpu)}/delivery", f"ours, one process (c): {_us(one.cpu)}/delivery",
                               ratio, "(no target)", None, rounds=rounds))
+    if "g" in letters:
+        for group in (g for g in GROUPS if g.loadgen == "storm"):
+            for key in ("ours", "ours-redis"):
+                storm_target(group.name, key)
+    if "h" in letters:
+        out += [Target(*row) for row in soak_targets(all_results.get("soak", {}).get("ours-soak", []))]
     return out
 
 
@@ -499,7 +547,8 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         f"* Method: every server is its own process pinned to core {SERVER_CORE}"
         + ("" if can_pin() else " (NOT pinned: taskset or a second core is missing)")
         + f"; the load generator (aiohttp's client, uvloop when installed) is pinned to core {LOADGEN_CORE}, "
-        f"and so is the private redis-server. {opts.rounds} round(s) ((e): at most 3), each server measured in "
+        f"and so is the private redis-server. {opts.rounds} round(s) ((e), (g): at most 3; (h) is one run), "
+        "each server measured in "
         f"turn in each round; a {opts.warmup:g} s warm-up, then a {opts.duration:g} s window. Figures are medians over "
         "the rounds. Server CPU = utime + stime from /proc/PID/stat over the window; "
         "ratios are computed from server CPU time per unit. The machine is shared: a measurement during "
@@ -508,7 +557,7 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "times, within a retry budget for the whole run; the quietest attempt is kept; (e) is not "
         "retried).",
         "",
-        "## Targets (issue 5, item 4)",
+        "## Targets (issue 5, item 4; issue 8, item 8)",
         "",
         "Ours and the reference are medians over the rounds; the ratio is the median of the per-round ratios "
         "(each pairs two measurements taken one after the other, which drift least), so it need not equal "
@@ -530,8 +579,13 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         results = all_results.get(group.name)
         if not results:
             continue
-        lines += ["", f"## {group.title}", ""]
-        lines += _group_table(group, results)
+        lines += ["", f"## {group.heading(opts.quick)}", ""]
+        if group.loadgen == "soak":
+            lines += soak_section(results["ours-soak"][0])
+        elif group.loadgen == "storm":
+            lines += _storm_table(results)
+        else:
+            lines += _group_table(group, results)
     lines += [
         "",
         "## Reading the columns",
@@ -574,6 +628,8 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "first; the private redis-server runs on core 1 with the load generator.",
         "* **(e)** starts a fresh server for each measurement: RSS is read after 20 warm-up connections and "
         "again once the N connections have been idle for 2 s; the delta is divided by N.",
+        *_storm_notes(),
+        *soak_notes(),
         "",
         "Raw per-run figures are in the JSON file written next to this one (`bench/results-*.json`, "
         "not committed).",
@@ -620,6 +676,85 @@ def _group_table(group: Group, results: dict[str, list[dict[str, Any]]]) -> list
     return rows
 
 
+def _storm_figure(s: Summary) -> str:
+    failed = sum(r["failed"] for r in s.ok)
+    total = sum(r["connections"] for r in s.ok)
+    wall = s.median(lambda r: r["storm_wall"])
+    p99 = s.median(lambda r: r["latency"].get("p99"))
+    return (f"{failed} of {total:,} failed; wall {wall:.2f} s, p99 {p99:.2f} s" if wall is not None and p99
+            else f"{failed} of {total:,} failed")
+
+
+def _storm_table(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One row per server: medians over the rounds, failures summed over them."""
+    head = ["server", "upgrades ok / failed (all rounds)", "failures", "wall, all first frames", "p50", "p99",
+            "upgrades/s", "server CPU", "server CPU/upgrade", "Redis CPU", "close all: wall", "close: not answered",
+            "close: server CPU", "listen overflows / SYN retransmits", "loadgen util", "foreign", "rounds ok",
+            "per round (wall; failed)"]
+    rows = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for key, runs in results.items():
+        s = Summary(runs)
+        failures: dict[str, int] = {}
+        for r in s.ok:
+            for cause, count in r["failures"].items():
+                failures[cause] = failures.get(cause, 0) + count
+        redis = s.median(lambda r: r["other_cpu"].get("redis"))
+        tcp = [(r["tcp"].get("ListenOverflows", 0), r["tcp"].get("TCPSynRetrans", 0)) for r in s.ok if r.get("tcp")]
+        cells = [
+            SERVERS[key].label,
+            f"{sum(r['ok'] for r in s.ok):,} / {sum(r['failed'] for r in s.ok):,}",
+            ", ".join(f"{cause}: {count}" for cause, count in sorted(failures.items())) or "none",
+            _seconds(s.median(lambda r: r["storm_wall"])),
+            _seconds(s.median(lambda r: r["latency"].get("p50"))),
+            _seconds(s.median(lambda r: r["latency"].get("p99"))),
+            _rate(s.median(lambda r: r["throughput"]), "upgrade"),
+            _seconds(s.median(lambda r: r["server_cpu"])),
+            _us(s.cpu),
+            "-" if redis is None else _seconds(redis),
+            _seconds(s.median(lambda r: r["close"]["wall"])),
+            str(sum(r["close"]["failed"] for r in s.ok)),
+            _seconds(s.median(lambda r: r["close"]["server_cpu"])),
+            " ".join(f"{o}/{r}" for o, r in tcp) or "-",
+            _fmt(s.median(lambda r: r["loadgen_util"])),
+            _fmt(s.median(lambda r: r["foreign_util"])),
+            f"{len(s.ok)}/{len(s.runs)}",
+            ", ".join(f"{r['storm_wall']:.2f} s; {r['failed']}" if "error" not in r else "error" for r in runs),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    for key, runs in results.items():
+        for error in Summary(runs).errors:
+            rows.append(f"\n* {key} error: `{error}`")
+    return rows
+
+
+def _storm_notes() -> list[str]:
+    try:
+        somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    except OSError:
+        somaxconn = "unknown"
+    return [
+        "* **(g)** logs in once, then opens N websockets with that one session cookie at the same moment "
+        "(`asyncio.gather` of `ws_connect` + reading the first frame, over a `TCPConnector(limit=0)`: "
+        "aiohttp's default limit of 100 connections would serialize the storm). A socket's latency runs "
+        "from the start of the storm to its first frame; the wall time is until the last first frame. An "
+        "upgrade fails on any HTTP error (503 included), a close before the first frame, a connection "
+        "error, or no first frame within 60 s. Server CPU runs from the start of the storm until the "
+        "server is idle again (so it includes the work that follows the first frame). Then every socket is "
+        "closed at once (closing handshakes); `not answered` counts closes the server did not answer "
+        "within 30 s. Every server listens with a backlog of 4096 (run.py; bench/raw_server.py does the "
+        f"same for the reference), which the kernel caps at net.core.somaxconn ({somaxconn} here); every "
+        f"process may open {resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,} files (raise_open_files() in "
+        "bench/processes.py: the soft limit raised to the hard one, inherited by every child); the listen-overflow and "
+        "SYN-retransmit counts are the machine's TCP counters over the storm (a retransmitted SYN costs "
+        "the client a second or more), so other users of the machine can add to them. The load "
+        "generator is one Python process: its own CPU is part of the wall time (`loadgen util`).",
+    ]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -640,7 +775,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Scenarios: a echo (cookie), b echo (Redis), c fan-out, d handshakes, "
-                                       "e memory per idle connection, f fan-out over two processes.")
+                                       "e memory per idle connection, f fan-out over two processes, "
+                                       "g upgrade storm, h soak with faults (two processes, Redis restart, "
+                                       "a killed process).")
     p.add_argument("--quick", action="store_true", help="short runs, one round, fewer sockets: a smoke check")
     p.add_argument("--scenarios", default=",".join(LETTERS), help="comma-separated letters (default: all)")
     p.add_argument("--duration", type=float, help="seconds in each measured window (default 3; quick: 1)")
@@ -649,6 +786,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--retry-budget", type=float,
                    help="seconds that re-measuring noisy rounds may take in all (default 150; quick: 20)")
     p.add_argument("--output", type=Path, help="default bench/RESULTS.md (quick: bench/RESULTS-quick.md)")
+    p.add_argument("--soak-duration", type=float, help="(h): seconds of chat (default 180; quick: 20)")
+    p.add_argument("--soak-rate", type=float, help="(h): chats per second, each to a room of about 50 "
+                                                   "(default 200: about 10,000 deliveries per second)")
     args = p.parse_args(argv)
     letters = {x.strip().lower() for x in args.scenarios.split(",") if x.strip()}
     if not letters or not letters <= set(LETTERS):
@@ -664,6 +804,8 @@ def parse_args(argv: list[str] | None) -> Options:
         output=args.output or BENCH / ("RESULTS-quick.md" if quick else "RESULTS.md"),
         command=" ".join(["python -m bench", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         env={"SESSION_KEY": Fernet.generate_key().decode(), "PYTHONDONTWRITEBYTECODE": "1"},
+        soak=SoakSettings(duration=args.soak_duration or (20.0 if quick else 180.0),
+                          rate=args.soak_rate or SoakSettings.rate),
     )
 
 
@@ -687,10 +829,15 @@ def main(argv: list[str] | None = None) -> None:
     opts.best_speed = max(core_speed(SERVER_CORE) for _ in range(5))
     with Processes() as procs:
         redis, redis_url = None, None
-        if any(s.redis for g in groups for s in g.servers(opts.letters)):
-            redis, redis_url = start_redis(procs, LOADGEN_CORE)
+        if any(s.redis for g in groups if g.loadgen != "soak" for s in g.servers(opts.letters)):
+            redis, redis_url = start_redis(procs, LOADGEN_CORE)  # the soak starts a Redis of its own
         for group in groups:
-            log(f"{group.title}")
+            log(f"{group.heading(opts.quick)}")
+            if group.loadgen == "soak":
+                soak = SERVERS["ours-soak"]
+                soaked = run_soak(opts.soak, procs, soak.command, env, SERVER_CORE, LOADGEN_CORE, log)
+                all_results[group.name] = {soak.key: [soaked]}
+                continue
             all_results[group.name] = run_group(group, opts, procs, redis, redis_url, env, log)
     finished = datetime.datetime.now(datetime.timezone.utc)
     code = (state, fingerprint, code_fingerprint())
