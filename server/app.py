@@ -49,7 +49,8 @@ def make_app(settings: Settings | None = None) -> web.Application:
     backplane = None
     if isinstance(sessions, RedisSessionBridge):  # Redis is both the session store and the backplane
         backplane = RedisBackplane(sessions.link, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl)
-    hub = Hub(sessions, backplane=backplane, session_check_interval=settings.session_check_interval)
+    hub = Hub(sessions, backplane=backplane, session_check_interval=settings.session_check_interval,
+              max_rooms_per_socket=settings.max_rooms_per_socket)
     hub.use(reload_session)
 
     app = web.Application(middlewares=[
@@ -67,6 +68,8 @@ def make_app(settings: Settings | None = None) -> web.Application:
         allowed_origins=frozenset(settings.allowed_origins),
         send_limit=settings.send_limit,
         rate_limit=settings.rate_limit,
+        rate_limit_bytes=settings.rate_limit_bytes,
+        max_sockets_per_user=settings.max_sockets_per_user,
     )).upgrade)
     setup_demo(app, hub, settings.users)
     app.router.add_static("/static/", STATIC_DIR)

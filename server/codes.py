@@ -16,6 +16,7 @@ class CloseCode(enum.IntEnum):
     SESSION_REPLACED = 4003
     UNAUTHORIZED = 4401
     TOO_SLOW = 4408
+    TOO_MANY_SOCKETS = 4429
 
 
 class ErrorCode(str, enum.Enum):
@@ -30,3 +31,4 @@ class ErrorCode(str, enum.Enum):
     TIMEOUT = "timeout"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
+    LIMIT_REACHED = "limit_reached"

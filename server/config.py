@@ -28,12 +28,15 @@ class Settings:
     redis_timeout: float = 1.5
     session_max_age: int = 86400
     allowed_origins: tuple[str, ...] = ()
-    max_message_size: int = 1 << 20
+    max_message_size: int = 1 << 16
     secure_cookies: bool = False
     heartbeat: float = 25.0
     log_level: str = "info"
     session_check_interval: float = 15.0
-    rate_limit: float = 0.0
+    rate_limit: float = 100.0
+    rate_limit_bytes: float = 256 << 10
+    max_sockets_per_user: int = 5000
+    max_rooms_per_socket: int = 100
     send_limit: int = 1 << 20
     instance_ttl: float = 10.0
     cookie_name: str = "session"
@@ -96,7 +99,18 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    help="SESSION_CHECK_INTERVAL: how often idle sockets' sessions are checked for "
                         "expiry and logout (%(default)s)")
     p.add_argument("--rate-limit", type=float, metavar="EVENTS", default=env("RATE_LIMIT", str(d.rate_limit)),
-                   help="RATE_LIMIT: events per second per socket, bursts of twice that (%(default)s; 0: off)")
+                   help="RATE_LIMIT: events a second read from one socket, bursts of twice that; a user's "
+                        "sockets share 4 times that; beyond it reading waits (%(default)s; 0: no limit)")
+    p.add_argument("--rate-limit-bytes", type=float, metavar="BYTES",
+                   default=env("RATE_LIMIT_BYTES", str(d.rate_limit_bytes)),
+                   help="RATE_LIMIT_BYTES: the same in bytes a second (%(default)s; 0: no limit)")
+    p.add_argument("--max-sockets-per-user", type=int, metavar="N",
+                   default=env("MAX_SOCKETS_PER_USER", str(d.max_sockets_per_user)),
+                   help="MAX_SOCKETS_PER_USER: sockets one user may have open in this process; "
+                        "more are closed with 4429 (%(default)s)")
+    p.add_argument("--max-rooms-per-socket", type=int, metavar="N",
+                   default=env("MAX_ROOMS_PER_SOCKET", str(d.max_rooms_per_socket)),
+                   help="MAX_ROOMS_PER_SOCKET: rooms one socket may join; more: limit_reached (%(default)s)")
     p.add_argument("--send-limit", type=int, metavar="BYTES", default=env("SEND_LIMIT", str(d.send_limit)),
                    help="SEND_LIMIT: bytes waiting for a client that does not read before it is "
                         "closed with 4408 (%(default)s)")
@@ -136,6 +150,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         log_level=args.log_level,
         session_check_interval=args.session_check_interval,
         rate_limit=args.rate_limit,
+        rate_limit_bytes=args.rate_limit_bytes,
+        max_sockets_per_user=args.max_sockets_per_user,
+        max_rooms_per_socket=args.max_rooms_per_socket,
         send_limit=args.send_limit,
         instance_ttl=args.instance_ttl,
         session_key=env("SESSION_KEY") or None,

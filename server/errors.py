@@ -9,7 +9,8 @@
      │    ├── SessionReadOnly       session_read_only
      │    ├── RateLimited           rate_limited
      │    ├── RequestTimeout        timeout
-     │    └── Unavailable           unavailable
+     │    ├── Unavailable           unavailable
+     │    └── LimitReached          limit_reached
      ├── CloseConnection       -> the socket is closed with `code`
      │    ├── LoggedOut             4001
      │    ├── SessionExpired        4002
@@ -72,6 +73,10 @@ class RequestTimeout(ReplyError):
 
 class Unavailable(ReplyError):
     code = ErrorCode.UNAVAILABLE
+
+
+class LimitReached(ReplyError):
+    code = ErrorCode.LIMIT_REACHED
 
 
 class CloseConnection(HubError):

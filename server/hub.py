@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
 from .codes import CloseCode
-from .errors import CloseConnection, Forbidden, InvalidData, Unauthorized, UnknownEvent
+from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, UnknownEvent
 from .protocol import EVENT_NAME, Event, encode_event
 from .rooms import Rooms
 from .sessions import SessionBridge, session_tag
@@ -70,12 +70,14 @@ class Hub:
         backplane: Backplane | None = None,
         connect: Iterable[ConnectMiddleware] = (require_user,),
         session_check_interval: float = 15.0,
+        max_rooms_per_socket: int = 100,
     ) -> None:
         self.sessions = sessions
         self.backplane = backplane or LocalBackplane()
         self.rooms: Rooms[Socket] = Rooms()
         self.sockets: dict[str, Socket] = {}
         self.session_check_interval = session_check_interval
+        self.max_rooms_per_socket = max_rooms_per_socket
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._connect = list(connect)
@@ -144,7 +146,16 @@ class Hub:
     # -- rooms -----------------------------------------------------------------------
 
     async def join(self, socket: Socket, room: str) -> None:
+        """Put `socket` in `room` (idempotent).
+
+        Raises:
+            InvalidData, Forbidden: not a room a socket may join.
+            LimitReached: the socket is in `max_rooms_per_socket` rooms already.
+        """
         _check_room(room)
+        rooms = self.rooms.rooms_of(socket)
+        if room not in rooms and len(rooms) - _private(rooms) >= self.max_rooms_per_socket:
+            raise LimitReached(f"a socket may be in at most {self.max_rooms_per_socket} rooms; leave one first")
         await self._join(socket, room)
 
     async def leave(self, socket: Socket, room: str) -> None:
@@ -218,6 +229,10 @@ class Hub:
                     sockets[id(handle)].close_soon(ended.code, ended.reason)
             except Exception:
                 log.exception("session check failed; retrying in %s s", self.session_check_interval)
+
+
+def _private(rooms: Iterable[str]) -> int:
+    return sum(1 for room in rooms if room.startswith(PRIVATE_PREFIXES))
 
 
 def _check_room(room: Any) -> None:

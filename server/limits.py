@@ -46,6 +46,15 @@ class TokenBucket:
         """Give back tokens taken for something that turned out not to count."""
         self.tokens = min(self.burst, self.tokens + cost)
 
+    def charge(self, cost: float, now: float) -> float:
+        """Take `cost` tokens even if they are not there (a debt); returns the seconds until
+        the debt is paid (0: none). A rate of 0 means no limit."""
+        if self.rate <= 0:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - cost
+        self.stamp = now
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
@@ -87,6 +96,20 @@ class Buckets(Generic[K]):
             del self._buckets[key]
         if len(self._buckets) >= self._max_keys:  # every one of them is busy: start over
             self._buckets.clear()
+
+
+class ReadBudget:
+    """How fast a reader may go, in events and in bytes a second, with bursts of twice that."""
+
+    __slots__ = ("_events", "_bytes")
+
+    def __init__(self, events: float, bytes_: float) -> None:
+        self._events = TokenBucket(events, 2 * events)
+        self._bytes = TokenBucket(bytes_, 2 * bytes_)
+
+    def charge(self, size: int, now: float) -> float:
+        """Count one frame of `size` bytes; returns the seconds to wait before reading more."""
+        return max(self._events.charge(1, now), self._bytes.charge(size, now))
 
 
 class LoginThrottle:

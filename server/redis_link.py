@@ -279,7 +279,7 @@ class RedisLink:
                     log.exception("unexpected failure connecting to Redis")
                 self._note_down(_describe(exc, self.timeout))
                 await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.5)
                 continue
             delay = 0.05
             self._protocol = protocol

@@ -86,6 +86,11 @@ class Socket:
         return self._closing
 
     @property
+    def waiting_for_client(self) -> bool:
+        """Whether a server request of this socket waits for the client's answer."""
+        return bool(self._pending)
+
+    @property
     def rooms(self) -> set[str]:
         """Every room the socket is in, the private session and user rooms included."""
         return set(self.hub.rooms.rooms_of(self))

@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
-from .errors import BadFrame, CloseConnection, RateLimited, ReplyError, SocketClosed, Unavailable
+from .errors import BadFrame, CloseConnection, ReplyError, SocketClosed, Unavailable
 from .http_errors import json_error
 from .hub import Hub
+from .limits import ReadBudget
 from .origins import origin_allowed
 from .protocol import Ack, Event, encode_ack, parse_frame
 from .sockets import Socket
@@ -32,19 +35,41 @@ log = logging.getLogger(__name__)
 class TransportSettings:
     """Limits of one websocket (protocol.md, "Limits")."""
 
-    max_message_size: int = 1 << 20
+    max_message_size: int = 1 << 16
     heartbeat: float | None = 25.0
     # Origins allowed besides the request's own (exact "scheme://host[:port]" strings).
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
     # Bytes waiting to be sent to a client past which it is closed with 4408.
     send_limit: int = 1 << 20
     close_timeout: float = 5.0
-    # Events read but not yet handled; past it the read loop waits (TCP backpressure).
+    # Events read but not yet handled, in frames and in bytes; past either the read loop
+    # waits (TCP backpressure), or, while a handler waits for the client's answer, answers
+    # further events with `rate_limited` so that the answer can still be read.
     inbox_size: int = 64
+    inbox_bytes: int = 256 << 10
     # How long a closing socket's running handler may take to finish.
     handler_grace: float = 5.0
-    # Events per second per socket (bursts of twice that); 0 means no limit.
-    rate_limit: float = 0.0
+    # How fast a socket's frames are read: events and bytes per second (bursts of twice
+    # that); a user's sockets share USER_SHARE times that. 0 means no limit.
+    rate_limit: float = 100.0
+    rate_limit_bytes: float = 256 << 10
+    # Sockets one user may have open in this process, and rooms one socket may join.
+    max_sockets_per_user: int = 5000
+
+
+# How many sockets' worth of reading a user's sockets share: a user with a few tabs open
+# never notices, one with hundreds reads no faster than USER_SHARE of them.
+USER_SHARE = 4
+
+
+class _User:
+    """What one user's sockets in this process share: a count, and a read budget."""
+
+    __slots__ = ("sockets", "budget")
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.sockets = 0
+        self.budget = ReadBudget(USER_SHARE * settings.rate_limit, USER_SHARE * settings.rate_limit_bytes)
 
 
 class WebSocketEndpoint:
@@ -53,6 +78,7 @@ class WebSocketEndpoint:
     def __init__(self, hub: Hub, settings: TransportSettings | None = None) -> None:
         self.hub = hub
         self.settings = settings or TransportSettings()
+        self._users: dict[Any, _User] = {}
         _raise_mmap_threshold()
 
     async def upgrade(self, request: web.Request) -> web.StreamResponse:
@@ -86,8 +112,30 @@ class WebSocketEndpoint:
             await ws.close(code=exc.code, message=exc.reason.encode())
             return ws
 
+        key = _user_key(socket)
+        user = self._users.get(key)
+        if user is None:
+            user = self._users[key] = _User(settings)
+        if user.sockets >= settings.max_sockets_per_user:
+            await ws.prepare(request)
+            log.info("refused socket from %s: user %s has %d sockets open", request.remote, key, user.sockets)
+            await ws.close(code=CloseCode.TOO_MANY_SOCKETS, message=b"too many sockets for this user")
+            if not user.sockets:
+                del self._users[key]
+            return ws
+        user.sockets += 1
+        try:
+            return await self._serve(request, ws, socket, user)
+        finally:
+            user.sockets -= 1
+            if not user.sockets:
+                del self._users[key]
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, socket: Socket,
+                     user: _User) -> web.WebSocketResponse:
+        settings = self.settings
         await ws.prepare(request)
-        connection = _Connection(self, socket, ws)
+        connection = _Connection(self, socket, ws, user.budget)
         socket.attach(ws, settings.send_limit, connection)
         await socket.emit("connected", {"socket": socket.id, "user": socket.user})
         await self.hub.add(socket)
@@ -124,6 +172,12 @@ class WebSocketEndpoint:
             await socket.send_error(ErrorCode.INTERNAL, "the server failed to handle this event", event.id)
 
 
+def _user_key(socket: Socket) -> Any:
+    if socket.user is not None:
+        return ("user", socket.user.get("id"))
+    return ("socket", socket.id)  # anonymous sockets (a connect middleware let them in) share nothing
+
+
 def _raise_mmap_threshold() -> None:
     # asyncio reads every socket into a new 256 KiB buffer. glibc's malloc serves that size
     # with mmap (and gives it back with munmap) until the process has freed a larger mmapped
@@ -148,18 +202,19 @@ class _Connection:
     on that task queues the frames for the handler's task (an inbox), still in order.
     """
 
-    def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse) -> None:
+    def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse,
+                 user_budget: ReadBudget) -> None:
         self.endpoint = endpoint
-        self.settings = endpoint.settings
+        self.settings = settings = endpoint.settings
         self.socket = socket
         self.ws = ws
         self.task = asyncio.current_task()  # the upgrade's task: it runs the events
-        self.receiving = False  # the task waits in `ws.receive()` (so it may be cancelled)
+        self.receiving = False  # the task waits in `ws.receive()` or for its budget (so it may be cancelled)
         self.handling = False  # the task runs a handler
         self.reader: asyncio.Task[None] | None = None  # the task that reads, once handed over
-        self.inbox: asyncio.Queue[Event | ReplyError | None] | None = None
-        self.rate_tokens = 2 * self.settings.rate_limit
-        self.rate_time = time.monotonic()
+        self.inbox: _Inbox | None = None
+        self.budget = ReadBudget(settings.rate_limit, settings.rate_limit_bytes)
+        self.user_budget = user_budget
 
     # -- called by the socket ----------------------------------------------------------
 
@@ -178,8 +233,10 @@ class _Connection:
         # Only needed while the reading task is busy with a handler (which may be the one
         # waiting, or may be waiting for it).
         if self.reader is None and self.handling:
-            self.inbox = asyncio.Queue(self.settings.inbox_size)
+            self.inbox = _Inbox(self.settings.inbox_size, self.settings.inbox_bytes)
             self.reader = asyncio.create_task(self._read_into_inbox())
+        elif self.inbox is not None:
+            self.inbox.poke()  # a reader waiting for room must read on: the answer may come next
 
     # -- the upgrade's task ------------------------------------------------------------
 
@@ -223,6 +280,7 @@ class _Connection:
             self.receiving = True
             try:
                 msg = await ws.receive()
+                await self._pace(msg)
             finally:
                 self.receiving = False
             item = self._accept(msg)
@@ -233,20 +291,29 @@ class _Connection:
             await self._answer(item)  # type: ignore[arg-type]
 
     async def _read_into_inbox(self) -> None:
-        assert self.inbox is not None
+        inbox = self.inbox
+        assert inbox is not None
+        socket = self.socket
         try:
             while True:
-                item = self._accept(await self.ws.receive())
+                msg = await self.ws.receive()
+                await self._pace(msg)
+                item = self._accept(msg)  # an answer to a server request is taken here, at once
                 if item is _CLOSED:
                     return
-                if item is not None:
-                    await self.inbox.put(item)  # type: ignore[arg-type]
+                if item is None:
+                    continue
+                while inbox.full():
+                    if socket.waiting_for_client:
+                        # Stopping to read would keep the client's answer unread: this
+                        # event is refused instead, and the inbox stays within its bytes.
+                        await self._refuse(item)  # type: ignore[arg-type]
+                        break
+                    await inbox.wait_for_room()
+                else:
+                    inbox.put(item, len(msg.data))  # type: ignore[arg-type]
         finally:
-            # The end mark for the events' task; when the inbox is full, the events it
-            # holds are dropped, as every event queued for a closing socket is.
-            while self.inbox.full():
-                self.inbox.get_nowait()
-            self.inbox.put_nowait(None)
+            inbox.close()  # the events' task stops; what the inbox holds is dropped with the socket
 
     async def _work(self) -> None:
         """Run the events the reading task queued, until it stops."""
@@ -268,6 +335,22 @@ class _Connection:
         else:
             await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
 
+    async def _pace(self, msg: WSMessage) -> None:
+        """Wait, before parsing, until this socket and its user may read another frame."""
+        if msg.type is not WSMsgType.TEXT:
+            return
+        now = time.monotonic()
+        wait = max(self.budget.charge(len(msg.data), now), self.user_budget.charge(len(msg.data), now))
+        if wait:
+            await asyncio.sleep(wait)  # meanwhile TCP holds the client back
+
+    async def _refuse(self, item: Event | ReplyError) -> None:
+        if type(item) is Event:
+            await self.socket.send_error(ErrorCode.RATE_LIMITED, "too many events wait for a handler that waits "
+                                         "for your answer; send this one again later", item.id)
+        else:
+            await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
+
     def _accept(self, msg: WSMessage) -> Event | ReplyError | object | None:
         """What a received message asks for: an event or an error to answer, _CLOSED, or None."""
         socket = self.socket
@@ -280,14 +363,6 @@ class _Connection:
                 if socket.resolve(frame):
                     return None
                 return BadFrame(f"no server request {frame.ack} is waiting for an answer (it may have timed out)")
-            rate = self.settings.rate_limit
-            if rate:
-                now = time.monotonic()
-                self.rate_tokens = min(2 * rate, self.rate_tokens + (now - self.rate_time) * rate)
-                self.rate_time = now
-                if self.rate_tokens < 1:
-                    return RateLimited(f"more than {rate:g} events per second; slow down", id=frame.id)
-                self.rate_tokens -= 1
             return frame
         if msg.type is WSMsgType.BINARY:
             return BadFrame("binary frames are not accepted: send JSON text frames")
@@ -298,3 +373,44 @@ class _Connection:
 
 
 _CLOSED = object()
+
+
+class _Inbox:
+    """Events read but not yet handled, in order, bounded in frames and in bytes."""
+
+    def __init__(self, frames: int, size: int) -> None:
+        self._items: deque[tuple[Event | ReplyError | None, int]] = deque()
+        self._frames = frames
+        self._size = size
+        self._bytes = 0
+        self._ready = asyncio.Event()  # something to take
+        self._room = asyncio.Event()  # something was taken, or the reader must look again
+
+    def full(self) -> bool:
+        return len(self._items) >= self._frames or self._bytes >= self._size
+
+    def put(self, item: Event | ReplyError, size: int) -> None:
+        self._items.append((item, size))
+        self._bytes += size
+        self._ready.set()
+
+    def close(self) -> None:
+        """The end mark: `get` returns None once it is reached."""
+        self._items.append((None, 0))
+        self._ready.set()
+
+    async def get(self) -> Event | ReplyError | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item, size = self._items.popleft()
+        self._bytes -= size
+        self._room.set()
+        return item
+
+    async def wait_for_room(self) -> None:
+        self._room.clear()
+        await self._room.wait()
+
+    def poke(self) -> None:
+        self._room.set()

@@ -222,11 +222,12 @@ async def login_cookie(base_url: str, name: str = "alice") -> str:
         return b.cookie()
 
 
-async def ask_many(ws: aiohttp.ClientWebSocketResponse, event: str, count: int) -> list[dict[str, Any]]:
+async def ask_many(ws: aiohttp.ClientWebSocketResponse, event: str, count: int,
+                   data: Any = None) -> list[dict[str, Any]]:
     """Send `count` events at once on one socket (pipelined); return their ack frames in order."""
     ids = [next(_ids) for _ in range(count)]
     for id in ids:
-        await ws.send_str(json.dumps({"event": event, "id": id}))
+        await ws.send_str(json.dumps({"event": event, "id": id, "data": data}))
     acks: dict[int, dict[str, Any]] = {}
     while len(acks) < count:
         frame = await receive_json(ws)

@@ -1,10 +1,24 @@
 """Every bad input gets a clear error, loses nothing, and never affects another connection."""
 
+import asyncio
 import json
+import time
 
 import aiohttp
 
-from tests.helpers import Browser, ask, call, expect_ack, expect_close, expect_event, receive_json
+from tests.helpers import Browser, ask, ask_many, call, expect_ack, expect_close, expect_event, receive_json
+
+
+async def expect_event_frame(ws, name: str) -> dict:
+    while True:
+        frame = await receive_json(ws)
+        if frame.get("event") == name:
+            return frame
+
+
+async def receive_json_or_close(ws) -> dict | None:
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    return json.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else None
 
 
 async def errors_then_echo(ws, sent):
@@ -130,19 +144,96 @@ async def test_handler_that_raises_gives_internal_without_traceback(serve, setti
     assert "Traceback" in caplog.text
 
 
-async def test_rate_limit(serve, settings):
-    base_url = await serve(settings, rate_limit=5)
+async def test_a_flood_is_read_at_the_rate_limit_and_nothing_is_refused(serve, settings):
+    base_url = await serve(settings, rate_limit=20)
     async with Browser(base_url) as b:
         await b.login()
         ws = await b.connect()
-        for id in range(1, 31):
+        started = time.monotonic()
+        for id in range(1, 81):
             await ws.send_str(json.dumps({"event": "echo", "data": id, "id": id}))
-        acks = [await receive_json(ws) for _ in range(30)]
-        limited = [a for a in acks if "error" in a]
-        assert limited and all(a["error"]["code"] == "rate_limited" for a in limited)
-        assert len(acks) - len(limited) >= 10  # the burst went through
-        # Every event got exactly one answer, in the order sent; none was lost silently.
-        assert [a["ack"] for a in acks] == list(range(1, 31))
+        acks = [await receive_json(ws) for _ in range(80)]
+        # Every event answered, in order, none refused: the server only read them more slowly.
+        assert [(a["ack"], a["data"]) for a in acks] == [(id, id) for id in range(1, 81)]
+        assert time.monotonic() - started >= (80 - 2 * 20 - 1) / 20  # the burst, then 20 a second
+
+
+async def test_a_users_sockets_share_one_budget(serve, settings):
+    base_url = await serve(settings, rate_limit=10)  # per socket; the user's sockets share 4x
+    async with Browser(base_url) as b:
+        await b.login()
+        sockets = [await b.connect() for _ in range(8)]
+        started = time.monotonic()
+        await asyncio.gather(*(ask_many(ws, "echo", 20) for ws in sockets))
+        # 160 events: alone, each socket would be done within its burst of 20; together they
+        # share a burst of 80 and 40 a second.
+        assert time.monotonic() - started >= (160 - 80 - 5) / 40
+
+
+async def test_a_bytes_budget_paces_large_frames(serve, settings):
+    base_url = await serve(settings, rate_limit_bytes=20_000)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        started = time.monotonic()
+        acks = await ask_many(ws, "echo", 10, data="x" * 10_000)  # 100 kB: a burst of 40 kB, then 20 kB/s
+        assert all("error" not in a for a in acks)
+        assert time.monotonic() - started >= (100_000 - 40_000 - 10_000) / 20_000
+
+
+async def test_the_rooms_of_a_socket_are_capped(serve, settings):
+    base_url = await serve(settings, max_rooms_per_socket=3)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        for room in ("a", "b", "c"):
+            await call(ws, "join", {"room": room})
+        reply = await ask(ws, "join", {"room": "d"})
+        assert reply["error"]["code"] == "limit_reached" and "at most 3 rooms" in reply["error"]["message"]
+        assert (await call(ws, "join", {"room": "a"}))["room"] == "a"  # joining again is no new room
+        await call(ws, "leave", {"room": "a"})
+        assert (await call(ws, "join", {"room": "d"}))["members"] == 1
+
+
+async def test_the_sockets_of_a_user_are_capped(serve, settings):
+    base_url = await serve(settings, max_sockets_per_user=3)
+    async with Browser(base_url) as alice, Browser(base_url) as bob:
+        await alice.login("alice")
+        await bob.login("bob")
+        tabs = [await alice.connect() for _ in range(3)]
+        assert await expect_close(await alice.open(), 4429) == "too many sockets for this user"
+        assert await call(await bob.connect(), "echo", 1) == 1  # other users are not affected
+        await tabs[0].close()
+        async with asyncio.timeout(5):  # the server counts the close once its handler is done
+            while True:
+                ws = await alice.open()
+                first = await receive_json_or_close(ws)
+                if first is not None:
+                    break
+        assert first["event"] == "connected"
+
+
+async def test_a_pending_server_request_is_answered_while_big_frames_pile_up(serve, settings):
+    """The client's answer is read whatever waits before it; what is queued stays bounded."""
+    base_url = await serve(settings, rate_limit=0, rate_limit_bytes=0)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?"}, "id": 1}))
+        request = await expect_event_frame(ws, "confirm")
+        big = "x" * 60_000  # under the 64 KiB frame limit
+        for id in range(100, 130):  # 30 frames, 1.8 MB: far more than the inbox's 256 KiB
+            await ws.send_str(json.dumps({"event": "echo", "data": big, "id": id}))
+        await ws.send_str(json.dumps({"ack": request["id"], "data": "yes"}))
+        answers: dict[int, dict] = {}
+        while len(answers) < 31:
+            frame = await receive_json(ws)
+            answers[frame["ack"]] = frame
+        assert answers[1]["data"] == {"answer": "yes"}  # not stuck behind the pile
+        refused = [id for id in range(100, 130) if "error" in answers[id]]
+        assert refused and all(answers[id]["error"]["code"] == "rate_limited" for id in refused)
+        assert len(refused) >= 30 - 256_000 // 60_000 - 1  # only what fits in the inbox waited
+        assert all(answers[id]["data"] == big for id in range(100, 130) if id not in refused)
 
 
 async def test_garbage_flood_does_not_affect_another_connection(alice, make_browser):

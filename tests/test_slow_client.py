@@ -20,7 +20,8 @@ def rss_mb(pid: int) -> float:
 
 
 async def test_a_client_that_does_not_read_is_closed_with_4408(redis_server):
-    env = {"SEND_LIMIT": str(SEND_LIMIT)}
+    # No read budget: alice's flood (12 MB in a few seconds) is what pushes the stuck client.
+    env = {"SEND_LIMIT": str(SEND_LIMIT), "RATE_LIMIT": "0", "RATE_LIMIT_BYTES": "0"}
     async with RunPy("--redis", redis_server.url, env=env) as a, RunPy("--redis", redis_server.url, env=env) as b:
         async with Browser(a.url) as stuck_user, Browser(a.url) as alice, Browser(b.url) as bob:
             await stuck_user.login("bob")
