@@ -17,6 +17,7 @@ export const CLOSE_MEANINGS = {
   4003: "logged in again elsewhere in this browser",
   4401: "not logged in",
   4408: "the connection was too slow",
+  4429: "too many connections for this user",
 };
 
 // Codes after which reconnecting cannot help: the session is over. The value is the error

@@ -43,7 +43,9 @@ async def test_bad_credentials_are_401(browser, body):
     assert status == 401 and reply["error"]["code"] == "bad_credentials"
 
 
-@pytest.mark.parametrize("raw", ["not json", "[1]", '{"username": "alice"}', '{"username": 1, "password": "x"}', ""])
+@pytest.mark.parametrize("raw", ["not json", "[1]", '{"username": "alice"}', '{"username": 1, "password": "x"}', "",
+                                 '{"username": "alice", "password": "\\ud800"}',  # a lone surrogate
+                                 '{"username": "' + "a" * 65 + '", "password": "x"}'])
 async def test_a_body_that_is_not_two_strings_is_400(browser, raw):
     status, reply = await browser.call("POST", "/api/login", data=raw, headers={"Content-Type": "application/json"})
     assert status == 400 and reply["error"]["code"] == "bad_request"
