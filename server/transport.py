@@ -99,7 +99,8 @@ class WebSocketEndpoint:
         try:
             handle = await self.hub.sessions.open(request)
         except Unavailable as exc:
-            log.warning("refused upgrade from %s: session store unavailable", request.remote)
+            # Info, not a warning: the cause is logged once per outage by the Redis link.
+            log.info("refused upgrade from %s: session store unavailable", request.remote)
             raise json_error(web.HTTPServiceUnavailable, "unavailable", exc.message) from None
 
         socket = Socket(self.hub, request, handle)
@@ -118,7 +119,7 @@ class WebSocketEndpoint:
             user = self._users[key] = _User(settings)
         if user.sockets >= settings.max_sockets_per_user:
             await ws.prepare(request)
-            log.info("refused socket from %s: user %s has %d sockets open", request.remote, key, user.sockets)
+            log.info("refused socket from %s: user %s has %d sockets open", request.remote, key[1], user.sockets)
             await ws.close(code=CloseCode.TOO_MANY_SOCKETS, message=b"too many sockets for this user")
             if not user.sockets:
                 del self._users[key]
