@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from bench.processes import (
-    ROOT, Child, Processes, cpu_seconds, free_port, http_ok, pinned, python, rss_bytes, start_redis, wait_http,
+    NO_READ_LIMITS, ROOT, Child, Processes, cpu_seconds, free_port, http_ok, pinned, python, rss_bytes, start_redis,
+    wait_http,
 )
 
 OUTAGE = 3.0  # seconds Redis stays down
@@ -109,7 +110,7 @@ class Soak:
     def start_server(self, name: str, port: int | None = None) -> Child:
         port = port or free_port()
         child = self.procs.start(f"soak-{name}", self.command(port, self.redis_url), core=self.server_core,
-                                 env=self.env, port=port)
+                                 env={**self.env, **NO_READ_LIMITS}, port=port)  # no read budgets
         wait_http(child)
         self.servers[name] = self.all_servers[name] = child
         return child

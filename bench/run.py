@@ -1,10 +1,11 @@
-"""The bench runner: every scenario of issue 5, against raw aiohttp and python-socketio, and
-the storm and soak of issue 8, in one run on this machine; writes bench/RESULTS.md.
+"""The bench runner: every scenario of issue 5, against raw aiohttp and python-socketio, the
+storm and soak of issue 8, and two attacks, in one run on this machine; writes bench/RESULTS.md.
 
-    python -m bench                      # the full run (about 17 minutes; (g) and (h) about 7 of them)
-    python -m bench --quick              # a smoke check (about 1 minute) -> bench/RESULTS-quick.md
+    python -m bench                      # the full run (about 27 minutes; (g), (h) about 7 of them, (i), (j) 10)
+    python -m bench --quick              # a smoke check (about 3 minutes) -> bench/RESULTS-quick.md
     python -m bench --scenarios a,b --duration 3 --rounds 5
     python -m bench --scenarios g,h --soak-duration 60     # the storm, and a shorter soak
+    python -m bench --scenarios i,j      # the login flood and the costly frames
 
 Each server runs as its own process pinned to core 0 (`taskset -c 0`); the load generator
 (bench/loadgen.py) is a separate process pinned to core 1, and so is the private
@@ -16,6 +17,11 @@ window), because a Python load generator may itself be the bottleneck of through
 
 The soak (h) is not measured in rounds: it is one long run with faults, driven by
 bench/faults.py (the processes and the faults) and bench/soak.py (its load generator).
+The attacks (i) and (j) measure what a hostile client costs a bystander's socket, driven by
+bench/attacks.py (the measurements) and bench/flood.py (the bystander and the attackers).
+
+Every `python run.py` gets RATE_LIMIT=0 and RATE_LIMIT_BYTES=0 in its environment (no read
+budgets; bench/processes.py, NO_READ_LIMITS), but the (j) server that measures the defaults.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.attacks import (  # noqa: E402
+    Attacks, attack_notes, attack_targets, budgets_by_default, frames_section, logins_section, server_options,
+)
 from bench.faults import SoakSettings, run_soak, soak_notes, soak_section, soak_targets  # noqa: E402
 from bench.processes import (  # noqa: E402
-    ROOT, Child, Processes, can_pin, core_speed, free_port, pinned, python, raise_open_files, start_redis, wait_http,
-    wait_idle,
+    NO_READ_LIMITS, ROOT, Child, Processes, can_pin, core_speed, free_port, pinned, python, raise_open_files,
+    start_redis, wait_http, wait_idle,
 )
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
@@ -71,6 +80,7 @@ class Server:
     log_level: str = "warning"
     cold_allocator: bool = False  # reference servers: skip warm_allocator() (raw_server.py)
     loadgen_args: tuple[str, ...] = ()  # what the load generator does differently for this row
+    read_limits: bool = False  # ours: keep the server's default read budgets (else NO_READ_LIMITS)
 
     def command(self, port: int, redis_url: str | None) -> list[str]:
         if self.kind == "ours":
@@ -97,6 +107,8 @@ SERVERS = {s.key: s for s in [
     Server("sio", "python-socketio AsyncServer", "sio", "sio"),
     Server("ours-soak", "ours x2 processes, Redis with an append-only file", "ours", "ours", redis=True,
            processes=2),
+    Server("ours-budgets", "ours, cookie storage, the server's default read budgets", "ours", "ours",
+           read_limits=True),
 ]}
 
 
@@ -167,8 +179,14 @@ GROUPS = [
     # One run, not rounds (bench/faults.py); its size is in SoakSettings.
     Group("soak", "(h) soak: two processes on one Redis, a Redis restart and a killed process", "soak",
           {"h": ("ours-soak",)}, 1000, 1000, max_rounds=1),
+    # Points (flood sizes, attacker sockets) measured in turns on one server each (bench/attacks.py).
+    Group("logins", "(i) login flood: a bystander's echoes while 0, 16 and 64 clients fail to log in", "logins",
+          {"i": ("ours", "ours-redis")}, 64, 64, max_rounds=3, order=("ours", "ours-redis")),
+    Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
+          "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
-LETTERS = "abcdefgh"
+LETTERS = "abcdefghij"
+ATTACKS = ("logins", "frames")
 
 
 @dataclass
@@ -188,10 +206,15 @@ class Options:
 
 def start_server(procs: Processes, server: Server, redis_url: str | None, env: dict[str, str]) -> Running:
     children = []
+    unset: tuple[str, ...] = ()
+    if server.kind == "ours" and server.read_limits:
+        unset = tuple(NO_READ_LIMITS)  # the server's own defaults, whatever our environment says
+    elif server.kind == "ours":
+        env = {**env, **NO_READ_LIMITS}
     for i in range(server.processes):
         port = free_port()
         children.append(procs.start(f"{server.key}{i}", server.command(port, redis_url),
-                                    core=SERVER_CORE, env=env, port=port))
+                                    core=SERVER_CORE, env=env, port=port, unset=unset))
     for child in children:
         wait_http(child)
     return Running(server, children)
@@ -280,6 +303,29 @@ def run_group(group: Group, opts: Options, procs: Processes, redis: Child | None
         for item in running.values():
             stop_server(procs, item)
     return results
+
+
+def run_attack(group: Group, opts: Options, procs: Processes, redis: Child | None, redis_url: str | None,
+               env: dict[str, str], log: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
+    """(i) or (j): every point of the attack on each of its servers, in turns (bench/attacks.py)."""
+    options = server_options(env)
+    servers = group.servers(opts.letters)
+    if not budgets_by_default(options):  # the defaults would be the same as no budgets
+        servers = [s for s in servers if not s.read_limits]
+    log(f"  largest frame {options['max_message_size']:,} bytes; default read budgets: "
+        f"{options['rate_limit']} events/s, {options['rate_limit_bytes']} bytes/s per socket (None: no such option)")
+    running = {s.key: start_server(procs, s, redis_url, env) for s in servers}
+
+    def restart(old: Running) -> Running:
+        stop_server(procs, old)
+        return start_server(procs, old.server, redis_url, env)
+
+    attacks = Attacks(opts, procs, SERVER_CORE, LOADGEN_CORE, NOISY, SLOW, RETRIES, log)
+    try:
+        return attacks.run(group.loadgen, running, restart, redis, options, min(opts.rounds, group.max_rounds))
+    finally:
+        for item in running.values():
+            stop_server(procs, item)
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -450,6 +496,10 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                 storm_target(group.name, key)
     if "h" in letters:
         out += [Target(*row) for row in soak_targets(all_results.get("soak", {}).get("ours-soak", []))]
+    labels = {key: server.label for key, server in SERVERS.items()}
+    for letter, kind in (("i", "logins"), ("j", "frames")):
+        if letter in letters:
+            out += [Target(*row) for row in attack_targets(kind, all_results.get(kind, {}), labels)]
     return out
 
 
@@ -547,7 +597,7 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         f"* Method: every server is its own process pinned to core {SERVER_CORE}"
         + ("" if can_pin() else " (NOT pinned: taskset or a second core is missing)")
         + f"; the load generator (aiohttp's client, uvloop when installed) is pinned to core {LOADGEN_CORE}, "
-        f"and so is the private redis-server. {opts.rounds} round(s) ((e), (g): at most 3; (h) is one run), "
+        f"and so is the private redis-server. {opts.rounds} round(s) ((e), (g), (i), (j): at most 3; (h) is one run), "
         "each server measured in "
         f"turn in each round; a {opts.warmup:g} s warm-up, then a {opts.duration:g} s window. Figures are medians over "
         "the rounds. Server CPU = utime + stime from /proc/PID/stat over the window; "
@@ -582,6 +632,10 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         lines += ["", f"## {group.heading(opts.quick)}", ""]
         if group.loadgen == "soak":
             lines += soak_section(results["ours-soak"][0])
+        elif group.loadgen == "logins":
+            lines += logins_section(results, {key: server.label for key, server in SERVERS.items()})
+        elif group.loadgen == "frames":
+            lines += frames_section(results, {key: server.label for key, server in SERVERS.items()})
         elif group.loadgen == "storm":
             lines += _storm_table(results)
         else:
@@ -630,6 +684,12 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "again once the N connections have been idle for 2 s; the delta is divided by N.",
         *_storm_notes(),
         *soak_notes(),
+        *attack_notes(),
+        "* **Read budgets.** Every `python run.py` of the bench runs with RATE_LIMIT=0 and RATE_LIMIT_BYTES=0 "
+        "in its environment (no read budgets), but the `default read budgets` server of (j): the defaults cap "
+        "how fast one user's sockets are read (events and bytes a second), and the throughput scenarios drive "
+        "one user's 50 sockets at tens of thousands of events a second. The benchmarks measure the server's "
+        "cost per unit of work, not its limits; (j) measures the limits.",
         "",
         "Raw per-run figures are in the JSON file written next to this one (`bench/results-*.json`, "
         "not committed).",
@@ -777,7 +837,8 @@ def parse_args(argv: list[str] | None) -> Options:
                                 epilog="Scenarios: a echo (cookie), b echo (Redis), c fan-out, d handshakes, "
                                        "e memory per idle connection, f fan-out over two processes, "
                                        "g upgrade storm, h soak with faults (two processes, Redis restart, "
-                                       "a killed process).")
+                                       "a killed process), i login flood beside a bystander's socket, "
+                                       "j costly frames beside a bystander's socket.")
     p.add_argument("--quick", action="store_true", help="short runs, one round, fewer sockets: a smoke check")
     p.add_argument("--scenarios", default=",".join(LETTERS), help="comma-separated letters (default: all)")
     p.add_argument("--duration", type=float, help="seconds in each measured window (default 3; quick: 1)")
@@ -837,6 +898,9 @@ def main(argv: list[str] | None = None) -> None:
                 soak = SERVERS["ours-soak"]
                 soaked = run_soak(opts.soak, procs, soak.command, env, SERVER_CORE, LOADGEN_CORE, log)
                 all_results[group.name] = {soak.key: [soaked]}
+                continue
+            if group.loadgen in ATTACKS:
+                all_results[group.name] = run_attack(group, opts, procs, redis, redis_url, env, log)
                 continue
             all_results[group.name] = run_group(group, opts, procs, redis, redis_url, env, log)
     finished = datetime.datetime.now(datetime.timezone.utc)

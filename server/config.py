@@ -34,7 +34,7 @@ class Settings:
     log_level: str = "info"
     session_check_interval: float = 15.0
     rate_limit: float = 100.0
-    rate_limit_bytes: float = 256 << 10
+    rate_limit_bytes: float = 64 << 10
     max_sockets_per_user: int = 5000
     max_rooms_per_socket: int = 100
     send_limit: int = 1 << 20

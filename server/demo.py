@@ -22,7 +22,7 @@ from aiohttp import web
 from .codes import CloseCode
 from .errors import Forbidden, InvalidData, RequestFailed
 from .http_errors import json_error
-from .limits import LoginThrottle
+from .limits import LoginThrottle, Tarpit
 from .responses import json_then
 from .hub import Hub, session_room, user_room
 from .sockets import Socket
@@ -113,6 +113,7 @@ def now_ms() -> int:
 def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> None:
     users = Users(passwords)
     throttle = LoginThrottle()
+    tarpit = Tarpit()
     sessions = hub.sessions
     routes = web.RouteTableDef()
 
@@ -145,14 +146,17 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
                              f'"username" and "password" must be strings of at most {MAX_USERNAME} and '
                              f'{MAX_PASSWORD} characters')
         address = request.remote or ""
-        wait = throttle.wait(name, address)
+        wait = throttle.attempt(name, address)
         if wait:
             seconds = math.ceil(wait)
+            await tarpit.hold()
             raise json_error(web.HTTPTooManyRequests, "rate_limited",
                              f"too many failed logins; try again in {seconds} s", {"Retry-After": str(seconds)})
         try:
             user = await users.check(name, password)
         except LoginsBusy:
+            throttle.undo(name, address)  # not checked: it does not count
+            await tarpit.hold()
             raise json_error(web.HTTPServiceUnavailable, "unavailable", "too many logins at once; try again",
                              {"Retry-After": "1"}) from None
         if user is None:

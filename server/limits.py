@@ -6,6 +6,7 @@ full again, so a million clients that came once cost nothing after a while.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Generic, Hashable, TypeVar
 
@@ -111,42 +112,78 @@ class ReadBudget:
         """Count one frame of `size` bytes; returns the seconds to wait before reading more."""
         return max(self._events.charge(1, now), self._bytes.charge(size, now))
 
+    def full(self, now: float) -> bool:
+        return self._events.full(now) and self._bytes.full(now)
+
 
 class LoginThrottle:
     """Failed logins, limited per username and per client address.
 
-    A login is refused before its password is checked (so a flood costs no hashing) once
-    its address, or its username, has used up its failures; only failures count, so
-    many right logins at once are never refused. An address that has logged in as a user
-    before skips that user's limit: an attacker who guesses at alice's password from
-    elsewhere slows down new logins of alice, never alice's own browsers, and only while
-    the attack lasts (the buckets refill; nothing locks an account for good).
+    An attempt takes a token from its address's bucket before the password is checked, and
+    a right one gives it back: so no more wrong passwords are ever checked for one address
+    than its bucket holds, however many arrive at once, and a refused attempt costs no
+    hashing. The username's bucket is looked at first too but taken from only when the
+    password was wrong, so that many right logins of one user at once all go through. An address that has logged in as a user
+    before skips that user's bucket (not the address's): an attacker who guesses at
+    alice's password from elsewhere slows down new logins of alice, never alice's own
+    browsers, and only while the attack lasts (buckets refill; nothing locks for good).
 
     Args:
-        burst: failed attempts allowed at once, per username and per address.
-        per_minute: failed attempts a minute once the burst is spent.
+        burst: failed attempts allowed at once, per username and per address (an address
+            gets three times that: several people may share one behind a NAT).
+        per_minute: failed attempts a minute once the burst is spent (the same factor).
     """
 
     def __init__(self, burst: int = 10, per_minute: float = 10, *, max_keys: int = 100_000) -> None:
         self._users: Buckets[str] = Buckets(per_minute / 60, burst, max_keys=max_keys)
-        self._addresses: Buckets[str] = Buckets(per_minute / 60, burst, max_keys=max_keys)
+        self._addresses: Buckets[str] = Buckets(3 * per_minute / 60, 3 * burst, max_keys=max_keys)
         self._known: set[tuple[str, str]] = set()
         self._max_keys = max_keys
 
-    def wait(self, username: str, address: str) -> float:
-        """0 when a login may be tried now, else the seconds to wait."""
-        wait = self._addresses.wait(address)
-        if not wait and (username, address) not in self._known:
+    def attempt(self, username: str, address: str) -> float:
+        """Count an attempt; 0 when it may go ahead, else the seconds to wait (not counted)."""
+        if (username, address) not in self._known:
             wait = self._users.wait(username)
-        return wait
+            if wait:
+                return wait
+        return self._addresses.take(address)
 
     def failed(self, username: str, address: str) -> None:
-        self._addresses.take(address)
+        """The password was wrong."""
         if (username, address) not in self._known:
             self._users.take(username)
 
+    def undo(self, username: str, address: str) -> None:
+        """The attempt was not made after all: it does not count."""
+        self._addresses.give(address)
+
     def succeeded(self, username: str, address: str) -> None:
-        """Remember that this address logs in as this user."""
+        """The attempt was right: it does not count, and this address is known for the user."""
+        self.undo(username, address)
         if len(self._known) >= self._max_keys:
             self._known.clear()
         self._known.add((username, address))
+
+
+class Tarpit:
+    """Holds refused requests for a while before answering them.
+
+    A client in a tight loop that is refused at once makes the server answer thousands of
+    refusals a second, which takes the event loop from everyone else; held for `seconds`,
+    each of its connections costs one cheap answer a second. At most `capacity` requests
+    are held at a time; past that they are answered at once.
+    """
+
+    def __init__(self, seconds: float = 1.0, capacity: int = 1024) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self.held = 0
+
+    async def hold(self) -> None:
+        if self.held >= self.capacity:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.held -= 1

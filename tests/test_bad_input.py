@@ -170,6 +170,18 @@ async def test_a_users_sockets_share_one_budget(serve, settings):
         assert time.monotonic() - started >= (160 - 80 - 5) / 40
 
 
+async def test_reconnecting_does_not_refill_a_users_budget(serve, settings):
+    base_url = await serve(settings, rate_limit=10)  # a socket: bursts of 20; the user: 80, then 40 a second
+    async with Browser(base_url) as b:
+        await b.login()
+        started = time.monotonic()
+        for _ in range(6):  # 120 events, each socket within its own burst, one socket at a time
+            ws = await b.connect()
+            assert all("error" not in a for a in await ask_many(ws, "echo", 20))
+            await ws.close()
+        assert time.monotonic() - started >= (120 - 80 - 5) / 40
+
+
 async def test_a_bytes_budget_paces_large_frames(serve, settings):
     base_url = await serve(settings, rate_limit_bytes=20_000)
     async with Browser(base_url) as b:
