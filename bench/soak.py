@@ -379,7 +379,6 @@ class Soak:
             life.until = min(life.left, dropped[2]) if dropped else life.left
         spans_of = [window(t) for t in self.chat_sent]
         inside = bytearray(0 if span is None else 1 for span in spans_of)
-        names = ["" if span is None else span[3] for span in spans_of]
         by_room: dict[int, list[Life]] = collections.defaultdict(list)
         for life in self.lives:
             by_room[life.room].append(life)
