@@ -233,6 +233,7 @@ class _Connection:
         self.inbox: _Inbox | None = None
         self.budget = ReadBudget(settings.rate_limit, settings.rate_limit_bytes)
         self.user_budget = user_budget
+        self.paced = settings.rate_limit > 0 or settings.rate_limit_bytes > 0
 
     # -- called by the socket ----------------------------------------------------------
 
@@ -360,7 +361,7 @@ class _Connection:
 
     async def _pace(self, msg: WSMessage) -> None:
         """Wait, before parsing, until this socket and its user may read another frame."""
-        if msg.type is not WSMsgType.TEXT:
+        if not self.paced or msg.type is not WSMsgType.TEXT:
             return
         now = time.monotonic()
         cost = _cost(msg.data)
