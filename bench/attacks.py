@@ -32,7 +32,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench.faults import Lines
 from bench.flood import HOLD
@@ -469,41 +469,32 @@ def logins_section(results: dict[str, list[dict[str, Any]]], labels: dict[str, s
             "401s since the flood started (per round)", "probe: alice, known address", "probe: bob, from 127.0.0.1",
             "server util (event loop + other threads)", "Redis util", "loadgen util", "foreign", "speed", "rounds ok"]
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    errors = []
-    for key, runs in results.items():
-        for point, all_runs in _by_point(runs).items():
-            ok = [r for r in all_runs if "error" not in r]
-            errors += [(key, point, r["error"]) for r in all_runs if "error" in r]
-            if not ok:
-                lines.append(_error_row(labels[key], point, len(head), len(all_runs)))
-                continue
-            cells = [labels[key], point.label, _ms(_lat(ok, "p50")), _ms(_lat(ok, "p99")), _ms(_lat(ok, "max")),
-                     str(sum(r["bystander"]["unanswered"] for r in ok)),
-                     _ms(_median([r["bystander"]["send_lag"].get("p99") for r in ok]))]
-            if point.size:
-                rates = {s: _median([r["logins"]["window"].get(s, 0) / r["wall"] for r in ok])
-                         for s in sorted({s for r in ok for s in r["logins"]["window"]})}
-                total = _median([sum(r["logins"]["window"].values()) / r["wall"] for r in ok])
-                lat = {s: (_median([r["logins"]["latency"].get(s, {}).get("p50") for r in ok]),
-                           _median([r["logins"]["latency"].get(s, {}).get("p99") for r in ok])) for s in ("401", "429")}
-                probes = {name: _sum([r["logins"]["probes"][name]["statuses"] for r in ok])
-                          for name in ok[0]["logins"]["probes"]}
-                probe_lat = {name: _median([r["logins"]["probes"][name]["latency"].get("p50") for r in ok])
-                             for name in probes}
-                cells += [
-                    f"{total:,.0f}: " + ", ".join(f"{s} {v:,.0f}" for s, v in rates.items()),
-                    "; ".join(f"{_ms(p50)} / {_ms(p99)}" for p50, p99 in lat.values()),
-                    ", ".join(str(r["logins"]["whole"].get("401", 0)) for r in ok),
-                    *(f"{_counts(probes[name])} (p50 {_ms(probe_lat[name])})" for name in probes),
-                ]
-            else:
-                cells += ["-"] * 5
-            cells += [f"{_f(_median([r['server_util'] for r in ok]))} ({_f(_median([r['loop_util'] for r in ok]))} + "
-                      f"{_f(_median([r['threads_util'] for r in ok]))})",
-                      _f(_median([r["redis_util"] for r in ok])), _f(_median([r["loadgen_util"] for r in ok])),
-                      _f(_median([r["foreign_util"] for r in ok])), _f(_median([r.get("speed") for r in ok])),
-                      f"{len(ok)}/{len(all_runs)}"]
-            lines.append("| " + " | ".join(cells) + " |")
+    errors: list[tuple[str, Point, str]] = []
+    for key, point, ok, rounds, cells in _bystander_rows(results, labels, len(head), lines, errors):
+        if point.size:
+            rates = {s: _median([r["logins"]["window"].get(s, 0) / r["wall"] for r in ok])
+                     for s in sorted({s for r in ok for s in r["logins"]["window"]})}
+            total = _median([sum(r["logins"]["window"].values()) / r["wall"] for r in ok])
+            lat = {s: (_median([r["logins"]["latency"].get(s, {}).get("p50") for r in ok]),
+                       _median([r["logins"]["latency"].get(s, {}).get("p99") for r in ok])) for s in ("401", "429")}
+            probes = {name: _sum([r["logins"]["probes"][name]["statuses"] for r in ok])
+                      for name in ok[0]["logins"]["probes"]}
+            probe_lat = {name: _median([r["logins"]["probes"][name]["latency"].get("p50") for r in ok])
+                         for name in probes}
+            cells += [
+                f"{total:,.0f}: " + ", ".join(f"{s} {v:,.0f}" for s, v in rates.items()),
+                "; ".join(f"{_ms(p50)} / {_ms(p99)}" for p50, p99 in lat.values()),
+                ", ".join(str(r["logins"]["whole"].get("401", 0)) for r in ok),
+                *(f"{_counts(probes[name])} (p50 {_ms(probe_lat[name])})" for name in probes),
+            ]
+        else:
+            cells += ["-"] * 5
+        cells += [f"{_f(_median([r['server_util'] for r in ok]))} ({_f(_median([r['loop_util'] for r in ok]))} + "
+                  f"{_f(_median([r['threads_util'] for r in ok]))})",
+                  _f(_median([r["redis_util"] for r in ok])), _f(_median([r["loadgen_util"] for r in ok])),
+                  _f(_median([r["foreign_util"] for r in ok])), _f(_median([r.get("speed") for r in ok])),
+                  rounds]
+        lines.append("| " + " | ".join(cells) + " |")
     for key, point, error in errors:
         lines.append(f"\n* {key} {point.short} error: `{error}`")
     setups = _sum([{f"{name}: {status}": 1 for name, status in r["logins"]["ready"]["setup"].items()}
@@ -541,50 +532,60 @@ def frames_section(results: dict[str, list[dict[str, Any]]], labels: dict[str, s
             "server util (event loop + other threads)", "server RSS after", "attacker got",
             "attacker's sockets closed (after its logout)", "loadgen util", "foreign", "speed", "rounds ok"]
     lines += ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    errors = []
+    errors: list[tuple[str, Point, str]] = []
+    for key, point, ok, rounds, cells in _bystander_rows(results, labels, len(head), lines, errors):
+        if point.size:
+            frames = _median([r["reads"]["frames"] for r in ok])
+            mib = _median([r["reads"]["bytes"] for r in ok])
+            low = _median([min(r["reads"]["bytes_per_socket"]) for r in ok])
+            high = _median([max(r["reads"]["bytes_per_socket"]) for r in ok])
+            low_f = _median([min(r["reads"]["frames_per_socket"]) for r in ok])
+            high_f = _median([max(r["reads"]["frames_per_socket"]) for r in ok])
+            per_frame = _median([r["server_cpu"] / (r["reads"]["frames"] * r["wall"])
+                                 for r in ok if r["reads"]["frames"]])
+            got = _sum([{**r["frames"]["received"], **{f"close {c}": n for c, n in r["frames"]["closes"].items()}}
+                        for r in ok])
+            sources = {r["reads"]["source"] for r in ok}
+            cells += [
+                f"{_f(frames, 1)} frames/s, {mib / 2**10:,.0f} KiB/s" + ("" if sources == {"server (ss)"}
+                                                                         else f" ({', '.join(sorted(sources))})"),
+                f"{_f(low_f, 1)} - {_f(high_f, 1)} frames/s, {low / 2**10:,.0f} - {high / 2**10:,.0f} KiB/s",
+                _f(_median([r["reads"]["sent_frames"] for r in ok]), 1),
+                "-" if per_frame is None else f"{per_frame * 1e3:.2f} ms",
+            ]
+        else:
+            got = {}
+            cells += ["-"] * 4
+        cells += [f"{_f(_median([r['server_util'] for r in ok]))} ({_f(_median([r['loop_util'] for r in ok]))} + "
+                  f"{_f(_median([r['threads_util'] for r in ok]))})",
+                  f"{_median([r['rss'] for r in ok]) / 2**20:.1f} MiB",
+                  _counts(got) if point.size else "-", _released(ok) if point.size else "-",
+                  _f(_median([r["loadgen_util"] for r in ok])),
+                  _f(_median([r["foreign_util"] for r in ok])), _f(_median([r.get("speed") for r in ok])),
+                  rounds]
+        lines.append("| " + " | ".join(cells) + " |")
+    for key, point, error in errors:
+        lines.append(f"\n* {key} {point.short} error: `{error}`")
+    return lines + [""]
+
+
+def _bystander_rows(results: dict[str, list[dict[str, Any]]], labels: dict[str, str], columns: int,
+                    lines: list[str], errors: list[tuple[str, Point, str]]) -> Iterator[tuple[Any, ...]]:
+    """(server key, point, its good runs, "ok/all" rounds, the bystander's cells) per table row.
+
+    Failed runs go to `errors`; a point with no good run gets an error row in `lines`.
+    """
     for key, runs in results.items():
         for point, all_runs in _by_point(runs).items():
             ok = [r for r in all_runs if "error" not in r]
             errors += [(key, point, r["error"]) for r in all_runs if "error" in r]
             if not ok:
-                lines.append(_error_row(labels[key], point, len(head), len(all_runs)))
+                lines.append(_error_row(labels[key], point, columns, len(all_runs)))
                 continue
             cells = [labels[key], point.label, _ms(_lat(ok, "p50")), _ms(_lat(ok, "p99")), _ms(_lat(ok, "max")),
                      str(sum(r["bystander"]["unanswered"] for r in ok)),
                      _ms(_median([r["bystander"]["send_lag"].get("p99") for r in ok]))]
-            if point.size:
-                frames = _median([r["reads"]["frames"] for r in ok])
-                mib = _median([r["reads"]["bytes"] for r in ok])
-                low = _median([min(r["reads"]["bytes_per_socket"]) for r in ok])
-                high = _median([max(r["reads"]["bytes_per_socket"]) for r in ok])
-                low_f = _median([min(r["reads"]["frames_per_socket"]) for r in ok])
-                high_f = _median([max(r["reads"]["frames_per_socket"]) for r in ok])
-                per_frame = _median([r["server_cpu"] / (r["reads"]["frames"] * r["wall"])
-                                     for r in ok if r["reads"]["frames"]])
-                got = _sum([{**r["frames"]["received"], **{f"close {c}": n for c, n in r["frames"]["closes"].items()}}
-                            for r in ok])
-                sources = {r["reads"]["source"] for r in ok}
-                cells += [
-                    f"{_f(frames, 1)} frames/s, {mib / 2**10:,.0f} KiB/s" + ("" if sources == {"server (ss)"}
-                                                                             else f" ({', '.join(sorted(sources))})"),
-                    f"{_f(low_f, 1)} - {_f(high_f, 1)} frames/s, {low / 2**10:,.0f} - {high / 2**10:,.0f} KiB/s",
-                    _f(_median([r["reads"]["sent_frames"] for r in ok]), 1),
-                    "-" if per_frame is None else f"{per_frame * 1e3:.2f} ms",
-                ]
-            else:
-                got = {}
-                cells += ["-"] * 4
-            cells += [f"{_f(_median([r['server_util'] for r in ok]))} ({_f(_median([r['loop_util'] for r in ok]))} + "
-                      f"{_f(_median([r['threads_util'] for r in ok]))})",
-                      f"{_median([r['rss'] for r in ok]) / 2**20:.1f} MiB",
-                      _counts(got) if point.size else "-", _released(ok) if point.size else "-",
-                      _f(_median([r["loadgen_util"] for r in ok])),
-                      _f(_median([r["foreign_util"] for r in ok])), _f(_median([r.get("speed") for r in ok])),
-                      f"{len(ok)}/{len(all_runs)}"]
-            lines.append("| " + " | ".join(cells) + " |")
-    for key, point, error in errors:
-        lines.append(f"\n* {key} {point.short} error: `{error}`")
-    return lines + [""]
+            yield key, point, ok, f"{len(ok)}/{len(all_runs)}", cells
 
 
 def _error_row(label: str, point: Point, columns: int, runs: int) -> str:
