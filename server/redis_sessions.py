@@ -43,7 +43,8 @@ _COMPARE_AND_SET = ("if redis.call('GET', KEYS[1]) == ARGV[1] then "
 _MAX_ROUNDS = 50
 
 
-def _unavailable(exc: Exception, what: str = "try again shortly") -> Unavailable:
+def _unavailable(what: str = "try again shortly") -> Unavailable:
+    # The cause stays out of the client's message; the link logs it once per outage.
     return Unavailable(f"the session store is unavailable; {what}")
 
 
@@ -75,8 +76,8 @@ class RedisStorage(AbstractStorage):
             if self.cache is not None:
                 return await self.cache.get(key)
             return await self.link.call("GET", key)  # type: ignore[no-any-return]
-        except (RedisUnavailable, ReplyError) as exc:
-            raise _unavailable(exc) from None
+        except (RedisUnavailable, ReplyError):
+            raise _unavailable() from None
 
     async def write(self, *command: Any, key: str) -> Any:
         """Send a command that changes `key`; this process's cache forgets the key.
@@ -87,8 +88,8 @@ class RedisStorage(AbstractStorage):
         """
         try:
             return await self.link.call(*command)
-        except (RedisUnavailable, ReplyError) as exc:
-            raise _unavailable(exc, "nothing was saved") from None
+        except (RedisUnavailable, ReplyError):
+            raise _unavailable("nothing was saved") from None
         finally:
             self.written(key)  # even a failed write may have been applied
 
