@@ -119,11 +119,17 @@ async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                               "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients",
-                               "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(3):  # a free port may be taken by an outgoing connection before redis-server binds it
+        port = free_port()
+        server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file",
+                                   str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                                   "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+                                   "--dir", str(tmp_path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if await _listening(server, port):
+            break
+    else:
+        raise AssertionError("redis-server did not start with TLS: " + server.stdout.read())
     try:
         trusted = RedisLink.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", timeout=5)
         await trusted.start()
@@ -137,3 +143,17 @@ async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+async def _listening(server: subprocess.Popen, port: int) -> bool:  # type: ignore[type-arg]
+    """Whether redis-server accepts connections on `port` (False once it has exited)."""
+    async with asyncio.timeout(10):
+        while server.poll() is None:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return True
+    return False
