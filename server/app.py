@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 HUB = web.AppKey("hub", Hub)
 SETTINGS = web.AppKey("settings", Settings)
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def make_sessions(settings: Settings) -> SessionBridge:

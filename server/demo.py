@@ -31,7 +31,7 @@ ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_CONFIRM_TIMEOUT = 60
 MAX_TEXT = 2000
 MAX_USERNAME, MAX_PASSWORD = 64, 1024
-INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
+INDEX = Path(__file__).resolve().parent / "static" / "index.html"
 
 
 class LoginsBusy(Exception):
