@@ -25,7 +25,7 @@ from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly,
 from .redis_link import RedisLink, RedisUnavailable
 from .redis_tracking import TrackingCache
 from .resp import ReplyError
-from .sessions import SessionBridge, SessionHandle, ended, session_deadline
+from .sessions import COOKIE_DEFAULTS, DAY, SessionBridge, SessionHandle, ended, session_deadline
 
 log = logging.getLogger(__name__)
 
@@ -219,16 +219,24 @@ class RedisSessionBridge(SessionBridge):
         link: the process's link to Redis; with `tracking=True`, reloads are answered from
             a cache that Redis invalidates (`redis_tracking`), else each reads Redis.
         max_age: seconds a session lives after login.
-        cookie: aiohttp-session cookie options (`cookie_name`, `httponly`, `samesite`, ...).
+        cookie: aiohttp-session cookie options over `COOKIE_DEFAULTS` (`cookie_name`, `secure`, ...).
     """
 
-    def __init__(self, link: RedisLink, max_age: int, **cookie: Any) -> None:
+    def __init__(self, link: RedisLink, max_age: int = DAY, **cookie: Any) -> None:
         self.link = link
         self.cache = TrackingCache(link) if link.tracking else None
-        storage = RedisStorage(link, self.cache, max_age=max_age, **cookie)
+        storage = RedisStorage(link, self.cache, max_age=max_age, **{**COOKIE_DEFAULTS, **cookie})
         super().__init__(storage, max_age)
         self._store = storage
         self._modifications = _Modifications(storage)
+
+    @classmethod
+    def from_url(cls, url: str, max_age: int = DAY, *, timeout: float = 1.5, **cookie: Any) -> RedisSessionBridge:
+        """Sessions in the Redis at `url` (redis://, rediss://, unix://), reloads cached.
+
+        `timeout`: seconds without an answer from Redis after which it counts as down.
+        """
+        return cls(RedisLink.from_url(url, timeout=timeout, tracking=True), max_age, **cookie)
 
     async def start(self) -> None:
         await self.link.start()

@@ -34,6 +34,9 @@ SID_KEY = "_sid"
 # written to it since. (aiohttp-session moves a session's `created` to "now" on every
 # write, so a session written to once a minute would otherwise never expire.)
 LOGIN_KEY = "_login"
+# The cookie the brief asks for; a bridge's keyword arguments override any of these.
+COOKIE_DEFAULTS: dict[str, Any] = {"cookie_name": "session", "httponly": True, "samesite": "Lax", "path": "/"}
+DAY = 86400
 
 
 def session_deadline(session: Session, max_age: int) -> float:
@@ -194,11 +197,25 @@ class SessionBridge:
 
 
 class CookieSessionBridge(SessionBridge):
-    """Sessions in an encrypted cookie: nothing on the server, so sockets hold a snapshot."""
+    """Sessions in an encrypted cookie: nothing on the server, so sockets hold a snapshot.
 
-    def __init__(self, fernet: Fernet, max_age: int, **cookie: Any) -> None:
-        storage = _CookieStorage(RememberingFernet(fernet), max_age=max_age, **cookie)
+    Args:
+        key: a Fernet key (`new_key()` makes one; keep it secret and stable, or every
+            restart logs everyone out), or a `Fernet`.
+        max_age: seconds a session lives after login.
+        cookie: aiohttp-session cookie options over `COOKIE_DEFAULTS` (`cookie_name`,
+            `secure`, `domain`, ...).
+    """
+
+    def __init__(self, key: Fernet | bytes | str, max_age: int = DAY, **cookie: Any) -> None:
+        fernet = key if isinstance(key, Fernet) else Fernet(key)
+        storage = _CookieStorage(RememberingFernet(fernet), max_age=max_age, **{**COOKIE_DEFAULTS, **cookie})
         super().__init__(storage, max_age)
+
+
+def new_key() -> bytes:
+    """A new random key for `CookieSessionBridge`."""
+    return Fernet.generate_key()
 
 
 class _CookieStorage(EncryptedCookieStorage):
