@@ -10,7 +10,9 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8 (closed by aiohttp)
     MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # an app's on_accepted hook failed
     LOGGED_OUT = 4001
     SESSION_EXPIRED = 4002
     SESSION_REPLACED = 4003

@@ -31,6 +31,9 @@ ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_CONFIRM_TIMEOUT = 60
 MAX_TEXT = 2000
 MAX_USERNAME, MAX_PASSWORD = 64, 1024
+# Rooms only some users may join, to show `hub.authorize_join`.
+STAFF_ROOMS = frozenset({"staff"})
+STAFF = frozenset({"alice"})
 INDEX = Path(__file__).resolve().parent / "static" / "index.html"
 
 
@@ -216,6 +219,18 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
     @hub.on("whoami")
     async def whoami(socket: Socket, data: Any) -> dict[str, Any]:
         return {"user": socket.user, "rooms": sorted(public_rooms(socket))}
+
+    @hub.on("session")
+    async def session_snapshot(socket: Socket, data: Any) -> dict[str, Any]:
+        # What this socket holds: a snapshot from the upgrade (cookie storage), or the
+        # stored session as reloaded before this event (Redis storage).
+        return {"session": {k: v for k, v in socket.session.items() if not k.startswith("_")}}
+
+    @hub.authorize_join
+    async def staff_only(socket: Socket, room: str) -> bool:
+        if room in STAFF_ROOMS and (socket.user or {}).get("name") not in STAFF:
+            raise Forbidden(f"only staff may join {room!r}")
+        return True
 
     @hub.on("echo")
     async def echo(socket: Socket, data: Any) -> Any:

@@ -32,6 +32,8 @@ Handler = Callable[[Socket, Any], Awaitable[Any]]
 Next = Callable[[Socket, Event], Awaitable[Any]]
 Middleware = Callable[[Socket, Event, Next], Awaitable[Any]]
 ConnectMiddleware = Callable[[Socket], Awaitable[None]]
+SocketHook = Callable[[Socket], Awaitable[None]]
+JoinCheck = Callable[[Socket, str], Awaitable[bool]]
 
 # Rooms the hub puts every socket in; sockets cannot join or leave them.
 PRIVATE_PREFIXES = ("session:", "user:")
@@ -81,6 +83,9 @@ class Hub:
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._connect = list(connect)
+        self._accepted: list[SocketHook] = []
+        self._closed: list[SocketHook] = []
+        self._join_checks: list[JoinCheck] = []
         self._chain: Next = self._call_handler
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -98,37 +103,87 @@ class Hub:
         return register
 
     def use(self, middleware: Middleware) -> Middleware:
-        """Run `middleware(socket, event, call_next)` around every handler, in `use` order."""
+        """Run `middleware(socket, event, call_next)` around every handler, in `use` order.
+
+        The middleware gets its three arguments by position: name them as you like.
+        """
         self._middlewares.append(middleware)
         chain: Next = self._call_handler
         for outer in reversed(self._middlewares):
-            chain = functools.partial(outer, call_next=chain)
+            chain = functools.partial(_step, outer, chain)
         self._chain = chain
         return middleware
 
     def on_connect(self, middleware: ConnectMiddleware) -> ConnectMiddleware:
-        """Run `middleware(socket)` before a socket is accepted; raise CloseConnection to refuse."""
+        """Run `middleware(socket)` before a socket is accepted; raise CloseConnection to refuse.
+
+        The hub starts with `require_user` (close 4401 unless logged in); pass
+        `connect=()` to the `Hub` to let anonymous sockets in.
+        """
         self._connect.append(middleware)
         return middleware
 
+    def on_accepted(self, hook: SocketHook) -> SocketHook:
+        """Run `hook(socket)` once a socket is accepted, before its first event is read.
+
+        The socket has had its `connected` frame and is in its private rooms: the hook may
+        join rooms and emit. Raising CloseConnection closes the socket with that code; any
+        other exception is logged and closes it with 1011.
+        """
+        self._accepted.append(hook)
+        return hook
+
+    def on_closed(self, hook: SocketHook) -> SocketHook:
+        """Run `hook(socket)` after a socket's connection ended, whoever closed it.
+
+        `socket.close_code` says how; `socket.rooms` still lists its rooms (it leaves them
+        once the hooks have run). Exceptions are logged.
+        """
+        self._closed.append(hook)
+        return hook
+
+    def authorize_join(self, check: JoinCheck) -> JoinCheck:
+        """Ask `await check(socket, room)` before a socket joins a room it is not in.
+
+        False refuses the join with `forbidden`; the check may raise `Forbidden("...")`
+        itself to give its own message. Every check must allow it.
+        """
+        self._join_checks.append(check)
+        return check
+
     # -- the life of a socket (called by the transport) --------------------------------
 
-    async def admit(self, socket: Socket) -> None:
+    async def _admit(self, socket: Socket) -> None:
         """Run the connect middlewares. Raises CloseConnection to refuse the socket."""
         for middleware in self._connect:
             await middleware(socket)
 
-    async def add(self, socket: Socket) -> None:
-        """Register an accepted socket and put it in its private rooms."""
+    async def _add(self, socket: Socket) -> None:
+        """Register an accepted socket, put it in its private rooms, run `on_accepted`."""
         self.sockets[socket.id] = socket
         room = session_room(socket.session)
         if room is not None:
             await self._join(socket, room)
         if socket.user is not None:
             await self._join(socket, user_room(socket.user["id"]))
+        for hook in self._accepted:
+            try:
+                await hook(socket)
+            except CloseConnection as exc:
+                socket.close_soon(exc.code, exc.reason)
+                return
+            except Exception:
+                log.exception("on_accepted hook %s failed on socket %s", _name(hook), socket.id)
+                socket.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
+                return
 
-    async def remove(self, socket: Socket) -> None:
-        """Forget a closed socket and take it out of every room."""
+    async def _remove(self, socket: Socket) -> None:
+        """Run `on_closed`, then forget the socket and take it out of every room."""
+        for hook in self._closed:
+            try:
+                await hook(socket)
+            except Exception:
+                log.exception("on_closed hook %s failed on socket %s", _name(hook), socket.id)
         self.sockets.pop(socket.id, None)
         for room in self.rooms.remove(socket):
             if not room.startswith(PRIVATE_PREFIXES):
@@ -149,13 +204,21 @@ class Hub:
         """Put `socket` in `room` (idempotent).
 
         Raises:
-            InvalidData, Forbidden: not a room a socket may join.
+            InvalidData, Forbidden: not a room a socket may join (a private room, or one an
+                `authorize_join` check refused).
             LimitReached: the socket is in `max_rooms_per_socket` rooms already.
         """
         _check_room(room)
         rooms = self.rooms.rooms_of(socket)
-        if room not in rooms and len(rooms) - _private(rooms) >= self.max_rooms_per_socket:
+        if room in rooms:
+            return
+        if len(rooms) - _private(rooms) >= self.max_rooms_per_socket:
             raise LimitReached(f"a socket may be in at most {self.max_rooms_per_socket} rooms; leave one first")
+        for check in self._join_checks:
+            if not await check(socket, room):
+                raise Forbidden(f"you may not join {room!r}")
+        if socket.closed:
+            return  # closed while a check ran: it would never leave the room
         await self._join(socket, room)
 
     async def leave(self, socket: Socket, room: str) -> None:
@@ -229,6 +292,14 @@ class Hub:
                     sockets[id(handle)].close_soon(ended.code, ended.reason)
             except Exception:
                 log.exception("session check failed; retrying in %s s", self.session_check_interval)
+
+
+async def _step(middleware: Middleware, call_next: Next, socket: Socket, event: Event) -> Any:
+    return await middleware(socket, event, call_next)
+
+
+def _name(hook: Any) -> str:
+    return getattr(hook, "__qualname__", repr(hook))
 
 
 def _private(rooms: Iterable[str]) -> int:

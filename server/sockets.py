@@ -58,7 +58,7 @@ class Socket:
         self._pending: dict[int, asyncio.Future[Ack]] = {}
         self._closing = False
 
-    def attach(self, ws: web.WebSocketResponse, send_limit: int, reader: Reader) -> None:
+    def _attach(self, ws: web.WebSocketResponse, send_limit: int, reader: Reader) -> None:
         """Bind to the prepared websocket (called by the transport).
 
         Args:
@@ -149,7 +149,7 @@ class Socket:
             raise RequestFailed(ack.error["code"], ack.error["message"])
         return ack.data
 
-    def resolve(self, ack: Ack) -> bool:
+    def _resolve(self, ack: Ack) -> bool:
         """Hand the client's ack to the request waiting for it; False if none is."""
         waiter = self._pending.get(ack.ack)
         if waiter is None or waiter.done():
@@ -225,11 +225,11 @@ class Socket:
         if self._reader is not None:
             self._reader.interrupt()
 
-    def detach(self) -> None:
+    def _detach(self) -> None:
         """The read loop has ended (called by the transport); nothing to interrupt any more."""
         self._reader = None
 
-    def connection_lost(self, code: int | None) -> None:
+    def _connection_lost(self, code: int | None) -> None:
         """The connection ended with `code` (called by the transport)."""
         if self.close_code is None:
             self.close_code = code

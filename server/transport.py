@@ -106,7 +106,7 @@ class WebSocketEndpoint:
 
         socket = Socket(self.hub, request, handle)
         try:
-            await self.hub.admit(socket)
+            await self.hub._admit(socket)
         except CloseConnection as exc:
             # Accept, then close: only so can a browser read the code and reason.
             await ws.prepare(request)
@@ -144,20 +144,20 @@ class WebSocketEndpoint:
         settings = self.settings
         await ws.prepare(request)
         connection = _Connection(self, socket, ws, user.budget)
-        socket.attach(ws, settings.send_limit, connection)
+        socket._attach(ws, settings.send_limit, connection)
         await socket.emit("connected", {"socket": socket.id, "user": socket.user})
-        await self.hub.add(socket)
+        await self.hub._add(socket)
         log.info("socket %s connected: user %s from %s", socket.id,
                  socket.user and socket.user.get("id"), request.remote)
         try:
             await connection.serve()
-            socket.detach()
+            socket._detach()
             await connection.close()
         finally:
-            socket.detach()
+            socket._detach()
             _abort(request)
-            socket.connection_lost(ws.close_code)
-            await self.hub.remove(socket)
+            socket._connection_lost(ws.close_code)
+            await self.hub._remove(socket)
             await connection.stop()
             log.info("socket %s closed: code %s", socket.id, socket.close_code)
         return ws
@@ -385,7 +385,7 @@ class _Connection:
             except BadFrame as exc:
                 return exc
             if type(frame) is Ack:
-                if socket.resolve(frame):
+                if socket._resolve(frame):
                     return None
                 return BadFrame(f"no server request {frame.ack} is waiting for an answer (it may have timed out)")
             return frame
