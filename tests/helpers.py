@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from server.testing import TestSocket, connect
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TIMEOUT = 5.0
@@ -65,6 +67,15 @@ class Browser:
         ws = await self.http.ws_connect((url or self.base_url).rstrip("/") + "/ws", headers=headers, **kw)
         self.sockets.append(ws)
         return ws
+
+    async def socket(self, url: str | None = None, **kw: Any) -> TestSocket:
+        """A socket through the package's test client (`server.testing`), closed on exit."""
+        headers = kw.pop("headers", {})
+        if self.origin:
+            headers.setdefault("Origin", self.origin)
+        socket = await connect(self.http, (url or self.base_url).rstrip("/") + "/ws", headers=headers, **kw)
+        self.sockets.append(socket.ws)
+        return socket
 
     def cookie(self) -> str:
         return "; ".join(f"{c.key}={c.value}" for c in self.http.cookie_jar)
