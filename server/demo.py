@@ -15,7 +15,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 from aiohttp import web
 
@@ -98,7 +98,7 @@ def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
 
 
-def _text(value: Any, longest: int) -> bool:
+def _text(value: Any, longest: int) -> TypeGuard[str]:
     """A string of at most `longest` characters that is valid Unicode (no lone surrogates)."""
     if type(value) is not str or len(value) > longest:
         return False
@@ -274,7 +274,7 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
         timeout = data.get("timeout", 10) if type(data) is dict else None
         if type(question) is not str or not 0 < len(question) <= MAX_TEXT:
             raise InvalidData(f'"question" must be a string of 1 to {MAX_TEXT} characters')
-        if type(timeout) not in (int, float) or not 0 < timeout <= MAX_CONFIRM_TIMEOUT:
+        if not (type(timeout) is int or type(timeout) is float) or not 0 < timeout <= MAX_CONFIRM_TIMEOUT:
             raise InvalidData(f'"timeout" must be a number of seconds, more than 0 and at most {MAX_CONFIRM_TIMEOUT}')
         try:
             answer = await socket.request("confirm", {"question": question}, timeout=timeout)
@@ -288,7 +288,8 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
 
 
 def count_one(session: dict[str, Any]) -> int:
-    count = session["count"] = session.get("count", 0) + 1
+    count: int = session.get("count", 0) + 1
+    session["count"] = count
     return count
 
 

@@ -42,7 +42,7 @@ DAY = 86400
 def session_deadline(session: Session, max_age: int) -> float:
     """When a session ends: `max_age` after its login (after its creation, if it has none)."""
     login = session.get(LOGIN_KEY)
-    if type(login) in (int, float):
+    if type(login) is int or type(login) is float:
         return float(login) + max_age
     # aiohttp-session and Fernet count whole seconds: a session without a login time is
     # still valid during the second that ends `max_age` after it was created.

@@ -67,7 +67,7 @@ class Socket:
                 when a server request needs the client's answer read.
         """
         self._ws = ws
-        self._transport = self.http_request.transport  # type: ignore[assignment]
+        self._transport = self.http_request.transport
         self._send_limit = send_limit
         self._reader = reader
         if self._transport is not None:

@@ -347,7 +347,7 @@ class _Connection:
             item = await self.inbox.get()
             if item is None or socket.closed:
                 return  # a closed socket's queued events are dropped, never run
-            await self._answer(item)  # type: ignore[arg-type]
+            await self._answer(item)
 
     async def _answer(self, item: Event | ReplyError) -> None:
         if type(item) is Event:
