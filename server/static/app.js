@@ -71,15 +71,15 @@ function addLine(list, text) {
   item.scrollIntoView({block: "nearest"});
 }
 
-client.on("state", ({state, lastClose}) => {
+client.onState(({state, lastClose}) => {
   const labels = {idle: "Not connected", connecting: "Connecting…", connected: "Connected",
     reconnecting: "Reconnecting…", closed: "Disconnected"};
   $("status").textContent = labels[state];
   $("status").className = `status ${state}`;
   $("close-info").textContent = lastClose ? `Last close: ${lastClose.code} (${lastClose.meaning})` : "";
 });
-client.on("session-ended", (close) => showLogin(`You were disconnected: ${close.meaning}. Please log in again.`));
-client.on("connected", ({user}) => {
+client.onSessionEnded((close) => showLogin(`You were disconnected: ${close.meaning}. Please log in again.`));
+client.onConnected(({user}) => {
   if (!user) return;
   // After a 4003 the cookie may belong to a newer login as someone else: the socket says who.
   const sameUser = shownUser?.id === user.id;

@@ -1,12 +1,22 @@
-// A dependency-free client for wire protocol v1 (see protocol.md). ES module, no build step.
+// A dependency-free client for wire protocol v1 (see protocol.md). ES module, no build step;
+// types in client.d.ts.
 //
 //   const client = new Client("/ws");
-//   client.on("chat", (data) => ...);
-//   client.on("connected", ({user}) => ...);  // after every (re)connect: restore what the server forgot
-//   client.connect();                       // only once logged in: the socket carries the session
+//   client.on("chat", (data) => ...);            // server events, whatever their name
+//   client.onConnected(({user}) => ...);         // after every (re)connect: restore what the server forgot
+//   client.onState(({state, lastClose}) => ...); // idle, connecting, connected, reconnecting, closed
+//   client.onSessionEnded((lastClose) => ...);   // 4001, 4002, 4401: show the login form
+//   client.connect();                            // only once logged in: the socket carries the session
 //   const reply = await client.request("join", {room: "lobby"}, {timeout: 5000});
-//   client.emit("typing", {room: "lobby"});  // fire and forget; await it to learn if it was dropped
+//   client.emit("typing", {room: "lobby"});      // fire and forget; await it to learn if it was dropped
+//
+// Server events and the client's own notifications never mix: `on` hears only event frames
+// from the server (one named "state", "connected" or "session-ended" included), and the
+// three `on...` notification methods hear only the client. The protocol's handshake (the
+// first `connected` frame of each socket) is the client's: it is reported by onConnected,
+// not by `on("connected")`. Every `on...` method returns a function that unsubscribes.
 
+/** What each close code means, in words for people (protocol.md, "Close codes"). */
 export const CLOSE_MEANINGS = {
   1000: "closed normally",
   1001: "the server is restarting",
@@ -26,24 +36,45 @@ export const CLOSE_MEANINGS = {
 const SESSION_ENDED = new Map([[4001, "logged_out"], [4002, "expired"], [4401, "logged_out"]]);
 const DO_NOT_RETRY = new Set([1000, 1009, ...SESSION_ENDED.keys()]);
 
+/** A failure with the protocol's error `code` (protocol.md, "Error codes") or one of the client's. */
 export class ProtocolError extends Error {
+  /**
+   * @param {string} code branch on this: e.g. `forbidden`, `timeout`, `closed`, `logged_out`
+   * @param {string} message plain English for people
+   */
   constructor(code, message) {
     super(message);
     this.code = code;
   }
 }
 
+/**
+ * @typedef {"idle" | "connecting" | "connected" | "reconnecting" | "closed"} State
+ * @typedef {{code: number, reason: string, meaning: string}} CloseInfo
+ * @typedef {{socket: string | null, user: {id: number, name: string} | null}} ConnectedInfo
+ */
+
+/** One socket to the server, reconnected by close code, with emits buffered meanwhile. */
 export class Client {
+  /**
+   * @param {string} url of the socket, e.g. "/ws" (relative to the page; http becomes ws)
+   * @param {object} [options]
+   * @param {number} [options.maxBuffered=100] emits and requests kept while not connected
+   * @param {number} [options.backoffMin=500] ms before the first reconnect (then doubled, with jitter)
+   * @param {number} [options.backoffMax=15000] ms at most between reconnects
+   * @param {number} [options.replacedDelay=250] ms before reconnecting after 4003 (a newer login)
+   */
   constructor(url, {maxBuffered = 100, backoffMin = 500, backoffMax = 15000, replacedDelay = 250} = {}) {
-    this.url = new URL(url, location.href.replace(/^http/, "ws")).href;
-    this.state = "idle"; // idle, connecting, connected, reconnecting, closed
-    this.lastClose = null; // {code, reason, meaning}
-    this.socketId = null;
-    this.user = null;
-    this.reconnectAttempts = 0;
+    /** @type {string} */ this.url = new URL(url, location.href.replace(/^http/, "ws")).href;
+    /** @type {State} */ this.state = "idle";
+    /** @type {CloseInfo | null} */ this.lastClose = null; // of the last socket, or by close()
+    /** @type {string | null} */ this.socketId = null; // from the last handshake
+    /** @type {ConnectedInfo["user"]} */ this.user = null; // from the last handshake
+    /** @type {number} */ this.reconnectAttempts = 0; // since the last handshake
     this._options = {maxBuffered, backoffMin, backoffMax, replacedDelay};
     this._ws = null;
-    this._listeners = new Map();
+    this._listeners = new Map(); // server event name -> Set of fns
+    this._notices = {state: new Set(), connected: new Set(), sessionEnded: new Set()}; // the client's own
     this._requestHandlers = new Map();
     this._pending = new Map(); // id -> {resolve, fail, timer, sent}: requests waiting for their ack
     this._buffer = []; // {frame, sent(), dropped(error)}: made while not connected, flushed after `connected`
@@ -52,6 +83,7 @@ export class Client {
     this._wanted = false;
   }
 
+  /** Open the socket (again) and keep it open by reconnecting; call it once logged in. */
   connect() {
     this._wanted = true;
     clearTimeout(this._retryTimer);
@@ -66,6 +98,7 @@ export class Client {
     ws.onclose = (event) => { if (this._ws === ws) this._closed(event.code, event.reason, opened); };
   }
 
+  /** Close the socket for good (1000): no reconnect; buffered emits and requests are rejected. */
   close() {
     const ws = this._ws;
     this._ws = null;
@@ -76,35 +109,91 @@ export class Client {
     this._ended(1000);
   }
 
+  /**
+   * Listen to a server event (any name; never the client's own notifications).
+   * @param {string} event
+   * @param {(data: any) => void} fn called with the event's `data`
+   * @returns {() => void} unsubscribes
+   */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
     return () => this.off(event, fn);
   }
 
+  /**
+   * Stop listening to a server event.
+   * @param {string} event
+   * @param {(data: any) => void} fn
+   */
   off(event, fn) {
     this._listeners.get(event)?.delete(fn);
   }
 
-  // Answer server requests (frames with an `id`): the return value is the ack's data.
+  /**
+   * The client's state changed.
+   * @param {(change: {state: State, lastClose: CloseInfo | null}) => void} fn
+   * @returns {() => void} unsubscribes
+   */
+  onState(fn) {
+    return subscribe(this._notices.state, fn);
+  }
+
+  /**
+   * A socket was accepted (its `connected` handshake), after every reconnect too: re-join
+   * rooms here. Emits buffered meanwhile are sent after these listeners ran.
+   * @param {(info: ConnectedInfo) => void} fn
+   * @returns {() => void} unsubscribes
+   */
+  onConnected(fn) {
+    return subscribe(this._notices.connected, fn);
+  }
+
+  /**
+   * The session is over (closed with 4001, 4002 or 4401): the client will not reconnect.
+   * @param {(lastClose: CloseInfo) => void} fn
+   * @returns {() => void} unsubscribes
+   */
+  onSessionEnded(fn) {
+    return subscribe(this._notices.sessionEnded, fn);
+  }
+
+  /**
+   * Answer server requests (frames with an `id`) named `event`; one handler per name.
+   * A throw becomes an error ack with the error's `code` (else `internal`).
+   * @param {string} event
+   * @param {(data: any) => any} fn its return value (or what its promise resolves to) is the ack's data
+   */
   onRequest(event, fn) {
     this._requestHandlers.set(event, fn);
   }
 
-  // Resolves once the frame is handed to the socket (not once the server ran it: use
-  // `request` for that). Rejects with a ProtocolError when the frame will never be sent:
-  // `buffer_full`, `logged_out`, `expired` (the session ended while it waited) or `closed`.
-  // Most callers fire and forget, so a no-op catch is attached here: a dropped emit makes no
-  // "unhandled rejection" noise, yet the promise returned is the original one, and a caller
-  // that awaits it still sees the rejection.
+  /**
+   * Send an event that wants no answer (buffered while not connected).
+   * @param {string} event
+   * @param {any} [data]
+   * @returns {Promise<void>} resolves once the frame is handed to the socket (not once the
+   *   server ran it: use `request` for that); rejects with a ProtocolError when it will never
+   *   be sent: `buffer_full`, `logged_out`, `expired` (the session ended while it waited), `closed`
+   */
   emit(event, data) {
     const handedOver = new Promise((resolve, reject) => {
       this._send({event, data}, {sent: resolve, dropped: reject});
     });
+    // Most callers fire and forget: a dropped emit makes no "unhandled rejection" noise, yet a
+    // caller that awaits the promise returned (the original one) still sees the rejection.
     handedOver.catch(() => {});
     return handedOver;
   }
 
+  /**
+   * Send an event and wait for its ack. Rejects with a ProtocolError: the server's error
+   * code, `timeout`, `closed` (the socket closed after it was sent), or as emit does.
+   * @param {string} event
+   * @param {any} [data]
+   * @param {{timeout?: number}} [options] ms to wait for the ack (10000), buffering included
+   * @returns {Promise<any>} the ack's data
+   */
   request(event, data, {timeout = 10000} = {}) {
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
@@ -145,7 +234,7 @@ export class Client {
   }
 
   _flush() {
-    // A `connected` listener may have closed the client; then _ended already dropped the rest.
+    // An onConnected listener may have closed the client; then _ended already dropped the rest.
     while (this.state === "connected" && this._buffer.length) {
       const {frame, sent} = this._buffer.shift();
       this._ws.send(JSON.stringify(frame));
@@ -172,14 +261,15 @@ export class Client {
       }
       return;
     }
-    if (frame.event === "connected") {
+    // Only the first frame of a socket is the handshake; a later `connected` is a server event.
+    if (frame.event === "connected" && this.state !== "connected") {
       this.socketId = frame.data?.socket ?? null;
       this.user = frame.data?.user ?? null;
       this.reconnectAttempts = 0;
       this._setState("connected");
       // Listeners first, then the frames that waited: a new socket is in no room, and a
       // listener that re-joins must do so before a queued chat to that room arrives.
-      this._dispatch("connected", frame.data);
+      notify(this._notices.connected, "connected", {socket: this.socketId, user: this.user});
       this._flush();
       return;
     }
@@ -187,7 +277,7 @@ export class Client {
       this._answer(frame);
       return;
     }
-    this._dispatch(frame.event, frame.data);
+    notify(this._listeners.get(frame.event), frame.event, frame.data);
   }
 
   async _answer(frame) {
@@ -205,16 +295,6 @@ export class Client {
     }
     // The request's id means something only to the socket that asked.
     if (this.state === "connected" && this._ws === ws) ws.send(JSON.stringify(reply));
-  }
-
-  _dispatch(event, data) {
-    for (const fn of this._listeners.get(event) ?? []) {
-      try {
-        fn(data);
-      } catch (error) {
-        console.error(`listener of ${event} failed`, error);
-      }
-    }
   }
 
   _closed(code, reason, opened) {
@@ -252,7 +332,7 @@ export class Client {
     const error = this._droppedBecauseClosed();
     for (const {dropped} of this._buffer.splice(0)) dropped(error);
     this._setState("closed");
-    if (SESSION_ENDED.has(code)) this._dispatch("session-ended", this.lastClose);
+    if (SESSION_ENDED.has(code)) notify(this._notices.sessionEnded, "session-ended", this.lastClose);
   }
 
   _droppedBecauseClosed() {
@@ -268,6 +348,21 @@ export class Client {
 
   _setState(state) {
     this.state = state;
-    this._dispatch("state", {state, lastClose: this.lastClose});
+    notify(this._notices.state, "state", {state, lastClose: this.lastClose});
+  }
+}
+
+function subscribe(listeners, fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+function notify(listeners, name, data) {
+  for (const fn of listeners ?? []) {
+    try {
+      fn(data);
+    } catch (error) {
+      console.error(`listener of ${name} failed`, error);
+    }
   }
 }
