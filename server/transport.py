@@ -361,10 +361,15 @@ class _Connection:
 
     async def _pace(self, msg: WSMessage) -> None:
         """Wait, before parsing, until this socket and its user may read another frame."""
-        if not self.paced or msg.type is not WSMsgType.TEXT:
+        if not self.paced:
+            return
+        if msg.type is WSMsgType.TEXT:
+            cost = _cost(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            cost = len(msg.data)  # refused unparsed, but answering it costs as much as an event
+        else:
             return
         now = time.monotonic()
-        cost = _cost(msg.data)
         wait = max(self.budget.charge(cost, now), self.user_budget.charge(cost, now))
         if wait:
             await asyncio.sleep(wait)  # meanwhile TCP holds the client back

@@ -193,6 +193,19 @@ async def test_a_bytes_budget_paces_large_frames(serve, settings):
         assert time.monotonic() - started >= (100_000 - 40_000 - 10_000) / 20_000
 
 
+async def test_binary_frames_are_paced_like_text(serve, settings):
+    base_url = await serve(settings, rate_limit=20)
+    async with Browser(base_url) as b:
+        await b.login()
+        ws = await b.connect()
+        started = time.monotonic()
+        for _ in range(80):
+            await ws.send_bytes(b"x")
+        errors = [await receive_json(ws) for _ in range(80)]
+        assert all(e["data"]["code"] == "bad_frame" for e in errors)
+        assert time.monotonic() - started >= (80 - 2 * 20 - 1) / 20  # answered no faster than events
+
+
 async def test_the_rooms_of_a_socket_are_capped(serve, settings):
     base_url = await serve(settings, max_rooms_per_socket=3)
     async with Browser(base_url) as b:
