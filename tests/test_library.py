@@ -193,6 +193,7 @@ async def test_the_demo_authorizes_its_staff_room(base_url: str) -> None:
 def test_the_public_api_is_exported() -> None:
     assert server.__version__
     assert all(hasattr(server, name) for name in server.__all__)
+    assert sorted(server.__all__) == sorted(["__version__", *server._EXPORTS])  # the lazy table and the list agree
     for name in ("setup", "Hub", "Socket", "CookieSessionBridge", "RedisSessionBridge", "serve_client_js"):
         assert name in server.__all__
 
