@@ -38,7 +38,15 @@ from bench.faults import Lines
 from bench.flood import HOLD
 from bench.loadgen import Meter
 from bench.processes import (
-    NO_READ_LIMITS, ROOT, Child, cpu_seconds, core_speed, pinned, python, rss_bytes, wait_idle,
+    NO_READ_LIMITS,
+    ROOT,
+    Child,
+    core_speed,
+    cpu_seconds,
+    pinned,
+    python,
+    rss_bytes,
+    wait_idle,
 )
 
 BYSTANDER_ADDRESS = "127.0.0.2"  # bob's login and socket

@@ -32,7 +32,17 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from bench.processes import (
-    NO_READ_LIMITS, ROOT, Child, Processes, cpu_seconds, free_port, http_ok, pinned, python, rss_bytes, start_redis,
+    NO_READ_LIMITS,
+    ROOT,
+    Child,
+    Processes,
+    cpu_seconds,
+    free_port,
+    http_ok,
+    pinned,
+    python,
+    rss_bytes,
+    start_redis,
     wait_http,
 )
 

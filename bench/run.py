@@ -47,12 +47,29 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.attacks import (  # noqa: E402
-    Attacks, attack_notes, attack_targets, budgets_by_default, frames_section, logins_section, server_options,
+    Attacks,
+    attack_notes,
+    attack_targets,
+    budgets_by_default,
+    frames_section,
+    logins_section,
+    server_options,
 )
 from bench.faults import SoakSettings, run_soak, soak_notes, soak_section, soak_targets  # noqa: E402
 from bench.processes import (  # noqa: E402
-    NO_READ_LIMITS, ROOT, Child, Processes, can_pin, core_speed, free_port, pinned, python, raise_open_files,
-    start_redis, wait_http, wait_idle,
+    NO_READ_LIMITS,
+    ROOT,
+    Child,
+    Processes,
+    can_pin,
+    core_speed,
+    free_port,
+    pinned,
+    python,
+    raise_open_files,
+    start_redis,
+    wait_http,
+    wait_idle,
 )
 
 SERVER_CORE, LOADGEN_CORE = 0, 1

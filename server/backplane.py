@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Union
-
-from .rooms import Rooms
+from typing import Awaitable, Callable, Protocol, Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +35,17 @@ Message = Union[Emit, Disconnect]
 Deliver = Callable[[Message], Awaitable[None]]
 
 
+class LocalRooms(Protocol):
+    """What a backplane reads of this process's rooms (the hub's `Rooms`): their sizes."""
+
+    def count(self, room: str) -> int: ...
+
+
 class Backplane(ABC):
     """Carries messages to every hub that shares it, and counts room members across them."""
 
     @abstractmethod
-    async def start(self, deliver: Deliver, rooms: Rooms) -> None:
+    async def start(self, deliver: Deliver, rooms: LocalRooms) -> None:
         """Begin delivering published messages to `deliver`; `rooms` is this process's."""
 
     @abstractmethod
@@ -74,9 +78,9 @@ class LocalBackplane(Backplane):
 
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
-        self._rooms: Rooms | None = None
+        self._rooms: LocalRooms | None = None
 
-    async def start(self, deliver: Deliver, rooms: Rooms) -> None:
+    async def start(self, deliver: Deliver, rooms: LocalRooms) -> None:
         self._deliver = deliver
         self._rooms = rooms
 

@@ -133,8 +133,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     for origin in origins:
         if "://" not in origin or origin.endswith("/"):
             p.error(f"--allowed-origin wants scheme://host[:port] exactly, not {origin!r}")
+    demo_users = env("DEMO_USERS")
     try:
-        users = _users(env("DEMO_USERS")) if env("DEMO_USERS") else dict(DEFAULT_USERS)
+        users = _users(demo_users) if demo_users else dict(DEFAULT_USERS)
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     return Settings(

@@ -25,13 +25,13 @@ def cors_middleware(allowed_origins: Iterable[str]) -> Middleware:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             if origin not in allowed:
                 raise json_error(web.HTTPForbidden, "forbidden_origin", "this origin may not call this API")
-            response = web.Response(status=204)
-            _allow(response, origin)
-            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            preflight = web.Response(status=204)
+            _allow(preflight, origin)
+            preflight.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+            preflight.headers["Access-Control-Allow-Headers"] = request.headers.get(
                 "Access-Control-Request-Headers", "Content-Type")
-            response.headers["Access-Control-Max-Age"] = "600"
-            return response
+            preflight.headers["Access-Control-Max-Age"] = "600"
+            return preflight
         try:
             response = await handler(request)
         except web.HTTPException as exc:

@@ -23,15 +23,13 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
 
 import orjson
 
-from .backplane import Backplane, Deliver, Disconnect, Emit, Message
+from .backplane import Backplane, Deliver, Disconnect, Emit, LocalRooms, Message
 from .errors import Unavailable
 from .redis_link import RedisLink, RedisUnavailable
 from .resp import ReplyError
-from .rooms import Rooms
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class RedisBackplane(Backplane):
         self._instance_prefix = prefix + "instance:"
         self._instance_key = self._instance_prefix + self.instance
         self._deliver: Deliver | None = None
-        self._rooms: Rooms[Any] | None = None
+        self._rooms: LocalRooms | None = None
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._unsynced: set[str] = set()  # rooms whose size Redis may not have
         self._counted: set[str] = set()  # rooms this instance has members of, in Redis
@@ -64,10 +62,10 @@ class RedisBackplane(Backplane):
     def healthy(self) -> bool:
         return self.link.up.is_set()
 
-    async def start(self, deliver: Deliver, rooms: Rooms[Any]) -> None:
+    async def start(self, deliver: Deliver, rooms: LocalRooms) -> None:
         self._deliver, self._rooms = deliver, rooms
         self.link.on_up.append(self._reconnected)
-        self._tasks = [asyncio.create_task(self._pass_on()), asyncio.create_task(self._beat())]
+        self._tasks = [asyncio.create_task(self._pass_on(deliver)), asyncio.create_task(self._beat())]
         try:
             await self.link.subscribe(self._channel, self._received)
         except RedisUnavailable:
@@ -155,12 +153,12 @@ class RedisBackplane(Backplane):
         if origin != self.instance:
             self._inbox.put_nowait(message)
 
-    async def _pass_on(self) -> None:
+    async def _pass_on(self, deliver: Deliver) -> None:
         # One task delivers what other processes published, in the order it arrived.
         while True:
             message = await self._inbox.get()
             try:
-                await self._deliver(message)  # type: ignore[misc]
+                await deliver(message)
             except Exception:
                 log.exception("delivering a message from another process failed")
 

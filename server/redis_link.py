@@ -30,7 +30,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .resp import Push, ReplyError, encode_command, parse_reply
@@ -111,7 +111,7 @@ class _Protocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # from create_(unix_)connection: a stream
 
     def send(self, command: bytes, on_reply: Callable[[Any], None] | None = None,
              *, answered: bool = True) -> asyncio.Future[Any]:

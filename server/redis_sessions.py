@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, TypeVar
 from aiohttp import web
 from aiohttp_session import AbstractStorage, Session
 
-from .http_errors import json_error
 from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly, Unavailable
+from .http_errors import json_error
 from .redis_link import RedisLink, RedisUnavailable
 from .redis_tracking import TrackingCache
 from .resp import ReplyError
@@ -75,7 +75,8 @@ class RedisStorage(AbstractStorage):
         try:
             if self.cache is not None:
                 return await self.cache.get(key)
-            return await self.link.call("GET", key)  # type: ignore[no-any-return]
+            value: bytes | None = await self.link.call("GET", key)
+            return value
         except (RedisUnavailable, ReplyError):
             raise _unavailable() from None
 

@@ -17,7 +17,7 @@ class ReplyError(Exception):
     """Redis answered a command with an error (e.g. `WRONGTYPE ...`, `NOAUTH ...`)."""
 
 
-class Push(list):  # type: ignore[type-arg]
+class Push(list[Any]):
     """An out-of-band RESP3 push, e.g. `[b"invalidate", [key, ...]]` or `[b"message", channel, data]`."""
 
 

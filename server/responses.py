@@ -19,9 +19,9 @@ class ThenResponse(web.Response):
     reconnects with the old cookie.
     """
 
-    def __init__(self, *args: Any, then: Callable[[], Awaitable[Any]], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, then: Callable[[], Awaitable[object]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._then = then
+        self._then: Callable[[], Awaitable[object]] | None = then
 
     async def write_eof(self, data: bytes = b"") -> None:
         await super().write_eof(data)
@@ -33,6 +33,6 @@ class ThenResponse(web.Response):
                 log.exception("the action after a response failed")
 
 
-def json_then(data: Any, then: Callable[[], Awaitable[Any]]) -> ThenResponse:
+def json_then(data: Any, then: Callable[[], Awaitable[object]]) -> ThenResponse:
     """`web.json_response(data)` that runs `then()` once it has been sent."""
     return ThenResponse(text=json.dumps(data), content_type="application/json", then=then)
