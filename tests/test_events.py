@@ -6,41 +6,51 @@ import json
 import pytest
 
 from server.errors import RequestFailed
-from tests.helpers import Browser, ask, call, expect_close, expect_event, receive_json
+from server.testing import Closed, TestSocket
+from tests.helpers import Browser, call, expect_event, receive_json
+
+
+async def nothing_received(socket: TestSocket) -> None:
+    """Assert that no event has come to `socket` that no `receive` took (an ack of a later
+    request on it is a mark: any event the server sent before that ack is in by then)."""
+    with pytest.raises(TimeoutError):
+        got = await socket.receive(timeout=0)
+        pytest.fail(f"unexpected event {got}")
 
 
 async def test_whoami_lists_joined_rooms_not_private_ones(alice):
-    ws = await alice.connect()
-    await call(ws, "join", {"room": "lobby"})
-    await call(ws, "join", {"room": "dev-1"})
-    assert await call(ws, "whoami") == {"user": {"id": 1, "name": "alice"}, "rooms": ["dev-1", "lobby"]}
+    ws = await alice.socket()
+    await ws.request("join", {"room": "lobby"})
+    await ws.request("join", {"room": "dev-1"})
+    assert await ws.request("whoami") == {"user": {"id": 1, "name": "alice"}, "rooms": ["dev-1", "lobby"]}
 
 
 @pytest.mark.parametrize("value", [None, 0, "text", [1, {"a": None}], {"nested": {"x": 1.5}}])
 async def test_echo_returns_the_same_value(alice, value):
-    ws = await alice.connect()
-    assert await call(ws, "echo", value) == value
+    ws = await alice.socket()
+    assert await ws.request("echo", value) == value
 
 
 async def test_join_and_leave_count_sockets(alice, make_browser):
     bob = await make_browser()
     await bob.login("bob")
-    a1, a2, b = await alice.connect(), await alice.connect(), await bob.connect()
-    assert await call(a1, "join", {"room": "lobby"}) == {"room": "lobby", "members": 1}
-    assert await call(a2, "join", {"room": "lobby"}) == {"room": "lobby", "members": 2}
-    assert await call(b, "join", {"room": "lobby"}) == {"room": "lobby", "members": 3}
-    assert await call(b, "join", {"room": "lobby"}) == {"room": "lobby", "members": 3}  # idempotent
-    assert await call(a2, "leave", {"room": "lobby"}) == {"room": "lobby", "members": 2}
+    a1, a2, b = await alice.socket(), await alice.socket(), await bob.socket()
+    assert await a1.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 1}
+    assert await a2.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 2}
+    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3}
+    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3}  # idempotent
+    assert await a2.request("leave", {"room": "lobby"}) == {"room": "lobby", "members": 2}
     await a1.close()
-    assert await call(b, "leave", {"room": "lobby"}) == {"room": "lobby", "members": 0}
+    assert await b.request("leave", {"room": "lobby"}) == {"room": "lobby", "members": 0}
 
 
 @pytest.mark.parametrize("room", ["user:1", "session:abc", "Lobby", "", "x" * 33, "a b"])
 async def test_private_and_invalid_rooms_cannot_be_joined(alice, room):
-    ws = await alice.connect()
-    ack = await ask(ws, "join", {"room": room})
-    assert ack["error"]["code"] == "invalid_data"
-    assert (await call(ws, "whoami"))["rooms"] == []
+    ws = await alice.socket()
+    with pytest.raises(RequestFailed) as failed:
+        await ws.request("join", {"room": room})
+    assert failed.value.code == "invalid_data"
+    assert (await ws.request("whoami"))["rooms"] == []
 
 
 async def test_the_library_forbids_private_rooms(serve, settings):
@@ -52,83 +62,94 @@ async def test_the_library_forbids_private_rooms(serve, settings):
     base_url = await serve(settings, setup=setup)
     async with Browser(base_url) as b:
         await b.login()
-        ws = await b.connect()
+        ws = await b.socket()
         for room in ("user:1", "session:x"):
-            assert (await ask(ws, "raw_join", room))["error"]["code"] == "forbidden"
+            with pytest.raises(RequestFailed) as failed:
+                await ws.request("raw_join", room)
+            assert failed.value.code == "forbidden"
 
 
 async def test_chat_reaches_every_member_sender_included(alice, make_browser):
     bob, carol = await make_browser(), await make_browser()
     await bob.login("bob")
     await carol.login("bob")
-    a, b, outsider = await alice.connect(), await bob.connect(), await carol.connect()
+    # The sender's socket stays raw: the test client cannot tell whether an event came
+    # before or after an ack, and the order is what is asserted.
+    a, b, outsider = await alice.connect(), await bob.socket(), await carol.socket()
     await call(a, "join", {"room": "lobby"})
-    await call(b, "join", {"room": "lobby"})
+    await b.request("join", {"room": "lobby"})
     await a.send_str(json.dumps({"event": "chat", "data": {"room": "lobby", "text": "hi bob"}, "id": 1}))
     # The sender gets the message, then the ack of its chat.
     sent, ack = await receive_json(a), await receive_json(a)
     assert sent["event"] == "chat" and ack == {"ack": 1, "data": {"ok": True}}
-    for message in (sent["data"], await expect_event(b, "chat")):
+    for message in (sent["data"], (await b.receive("chat")).data):
         assert message["room"] == "lobby" and message["text"] == "hi bob"
         assert message["from"] == {"id": 1, "name": "alice"}
         assert isinstance(message["ts"], int)
-    await b.send_str(json.dumps({"event": "chat", "data": {"room": "lobby", "text": "hi alice"}}))
+    await b.emit("chat", {"room": "lobby", "text": "hi alice"})
     assert (await expect_event(a, "chat"))["from"] == {"id": 2, "name": "bob"}
-    # The socket outside the room got nothing: its next frame is its own ack.
-    assert await call(outsider, "echo", "next") == "next"
+    # The socket outside the room got nothing before its own ack.
+    assert await outsider.request("echo", "next") == "next"
+    await nothing_received(outsider)
 
 
 async def test_chat_needs_membership_and_text(alice):
-    ws = await alice.connect()
-    assert (await ask(ws, "chat", {"room": "lobby", "text": "hi"}))["error"]["code"] == "forbidden"
-    await call(ws, "join", {"room": "lobby"})
-    assert (await ask(ws, "chat", {"room": "lobby", "text": ""}))["error"]["code"] == "invalid_data"
-    assert (await ask(ws, "chat", {"room": "lobby", "text": 5}))["error"]["code"] == "invalid_data"
-    assert (await ask(ws, "chat", {"room": "lobby"}))["error"]["code"] == "invalid_data"
+    ws = await alice.socket()
+    with pytest.raises(RequestFailed) as failed:
+        await ws.request("chat", {"room": "lobby", "text": "hi"})
+    assert failed.value.code == "forbidden"
+    await ws.request("join", {"room": "lobby"})
+    for bad in ({"room": "lobby", "text": ""}, {"room": "lobby", "text": 5}, {"room": "lobby"}):
+        with pytest.raises(RequestFailed) as failed:
+            await ws.request("chat", bad)
+        assert failed.value.code == "invalid_data"
 
 
 async def test_http_incr_emits_count_to_that_sessions_sockets_only(alice, make_browser):
     other_alice = await make_browser()
     await other_alice.login("alice")  # the same user, another browser session
-    tab1, tab2, elsewhere = await alice.connect(), await alice.connect(), await other_alice.connect()
+    tab1, tab2, elsewhere = await alice.socket(), await alice.socket(), await other_alice.socket()
     status, body = await alice.call("POST", "/api/incr")
     assert (status, body) == (200, {"count": 1})
-    assert await expect_event(tab1, "count") == {"count": 1}
-    assert await expect_event(tab2, "count") == {"count": 1}
-    assert await call(elsewhere, "echo", "no count here") == "no count here"
+    assert (await tab1.receive("count")).data == {"count": 1}
+    assert (await tab2.receive("count")).data == {"count": 1}
+    assert await elsewhere.request("echo", "no count here") == "no count here"
+    await nothing_received(elsewhere)
 
 
 async def test_notify_reaches_every_socket_of_the_user(alice, make_browser):
     other_alice, bob = await make_browser(), await make_browser()
     await other_alice.login("alice")
     await bob.login("bob")
-    a1, a2, b = await alice.connect(), await other_alice.connect(), await bob.connect()
+    a1, a2, b = await alice.socket(), await other_alice.socket(), await bob.socket()
     status, _ = await alice.call("POST", "/api/notify", {"message": "tea is ready"})
     assert status == 200
     for ws in (a1, a2):
-        note = await expect_event(ws, "notification")
+        note = (await ws.receive("notification")).data
         assert note["message"] == "tea is ready" and isinstance(note["ts"], int)
-    assert await call(b, "echo", 1) == 1
+    assert await b.request("echo", 1) == 1
+    await nothing_received(b)
 
 
 @pytest.mark.parametrize("storage", ["cookie"])
 async def test_socket_incr_with_cookie_storage_is_refused_not_dropped(alice):
-    ws = await alice.connect()
+    ws = await alice.socket()
     await alice.call("POST", "/api/incr")
-    ack = await ask(ws, "incr")
-    assert ack["error"]["code"] == "session_read_only"
+    with pytest.raises(RequestFailed) as failed:
+        await ws.request("incr")
+    assert failed.value.code == "session_read_only"
     _, body = await alice.call("POST", "/api/incr")
     assert body == {"count": 2}  # nothing was half-saved
 
 
 @pytest.mark.parametrize("storage", ["redis"])
 async def test_socket_incr_with_redis_sees_http_changes_and_persists(alice):
-    tab1, tab2 = await alice.connect(), await alice.connect()
+    tab1, tab2 = await alice.socket(), await alice.socket()
     await alice.call("POST", "/api/incr")
     await alice.call("POST", "/api/incr")
-    assert await call(tab1, "incr") == {"count": 3}  # the reload saw both HTTP increments
+    assert await tab1.request("incr") == {"count": 3}  # the reload saw both HTTP increments
     # The session's other socket saw every increment, the socket's own included.
-    assert [await expect_event(tab2, "count") for _ in range(3)] == [{"count": n} for n in (1, 2, 3)]
+    assert [(await tab2.receive("count")).data for _ in range(3)] == [{"count": n} for n in (1, 2, 3)]
     _, body = await alice.call("POST", "/api/incr")
     assert body == {"count": 4}  # HTTP sees what the socket saved
 
@@ -150,31 +171,34 @@ async def test_server_request_and_ack(serve, settings):
     base_url = await serve(settings, setup=setup)
     async with Browser(base_url) as b:
         await b.login()
-        ws = await b.connect()
-        await ws.send_str(json.dumps({"event": "ask_me", "data": "sure?", "id": 1}))
-        request = await receive_json(ws)
-        assert request["event"] == "confirm" and request["data"] == {"question": "sure?"}
-        assert isinstance(request["id"], int) and request["id"] > 0
-        await ws.send_str(json.dumps({"ack": request["id"], "data": "yes"}))
+        ws = await b.socket()
+        asked = asyncio.create_task(ws.request("ask_me", "sure?"))
+        request = await ws.receive()
+        assert request.event == "confirm" and request.data == {"question": "sure?"}
+        assert isinstance(request.id, int) and request.id > 0
+        await ws.reply(request.id, "yes")
         assert await results.get() == ("answer", "yes")
-        assert (await receive_json(ws)) == {"ack": 1, "data": "yes"}
+        assert await asked == "yes"
 
         # An error ack reaches the handler as RequestFailed.
-        await ws.send_str(json.dumps({"event": "ask_me", "data": "again?", "id": 2}))
-        request = await receive_json(ws)
-        await ws.send_str(json.dumps({"ack": request["id"], "error": {"code": "declined", "message": "no"}}))
+        asked = asyncio.create_task(ws.request("ask_me", "again?"))
+        request = await ws.receive()
+        assert request.event == "confirm"
+        await ws.reply_error(request.id, "declined", "no")
         assert await results.get() == ("failed", "declined")
-        assert (await receive_json(ws)) == {"ack": 2, "data": "failed"}
+        assert await asked == "failed"
 
         # No answer: the handler's RequestTimeout answers the client's event with `timeout`.
-        await ws.send_str(json.dumps({"event": "ask_me", "data": "slow", "id": 3}))
-        request = await receive_json(ws)
-        ack = await receive_json(ws)
-        assert ack["ack"] == 3 and ack["error"]["code"] == "timeout"
+        asked = asyncio.create_task(ws.request("ask_me", "slow"))
+        request = await ws.receive()
+        assert request.event == "confirm"
+        with pytest.raises(RequestFailed) as failed:
+            await asked
+        assert failed.value.code == "timeout"
         # A late answer is refused clearly and changes nothing.
-        await ws.send_str(json.dumps({"ack": request["id"], "data": "too late"}))
-        assert (await expect_event(ws, "error"))["code"] == "bad_frame"
-        assert await call(ws, "echo", "ok") == "ok"
+        await ws.reply(request.id, "too late")
+        assert (await ws.receive("error")).data["code"] == "bad_frame"
+        assert await ws.request("echo", "ok") == "ok"
 
 
 async def test_emit_from_http_to_everyone_and_to_all_but_one(serve, settings):
@@ -187,40 +211,46 @@ async def test_emit_from_http_to_everyone_and_to_all_but_one(serve, settings):
     async with Browser(base_url) as a, Browser(base_url) as b:
         await a.login("alice")
         await b.login("bob")
-        wa, wb = await a.connect(), await b.connect()
-        await call(wa, "shout", "to all but me")
-        assert await expect_event(wb, "shout") == "to all but me"
-        assert await call(wa, "echo", "nothing before this") == "nothing before this"
+        wa, wb = await a.socket(), await b.socket()
+        await wa.request("shout", "to all but me")
+        assert (await wb.receive("shout")).data == "to all but me"
+        assert await wa.request("echo", "nothing before this") == "nothing before this"
+        await nothing_received(wa)
 
 
 async def test_the_demo_confirm_event_asks_the_client_and_times_out(alice):
-    ws = await alice.connect()
-    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?"}, "id": 1}))
-    request = await receive_json(ws)
-    assert request["event"] == "confirm" and request["data"] == {"question": "sure?"}
-    await ws.send_str(json.dumps({"ack": request["id"], "data": "yes"}))
-    assert await receive_json(ws) == {"ack": 1, "data": {"answer": "yes"}}
+    ws = await alice.socket()
+    asked = asyncio.create_task(ws.request("confirm", {"question": "sure?"}))
+    request = await ws.receive()
+    assert request.event == "confirm" and request.data == {"question": "sure?"}
+    await ws.reply(request.id, "yes")
+    assert await asked == {"answer": "yes"}
 
-    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "really?"}, "id": 2}))
-    request = await receive_json(ws)
-    await ws.send_str(json.dumps({"ack": request["id"], "error": {"code": "no_thanks", "message": "no"}}))
-    assert await receive_json(ws) == {"ack": 2, "data": {"declined": "no_thanks"}}
+    asked = asyncio.create_task(ws.request("confirm", {"question": "really?"}))
+    request = await ws.receive()
+    assert request.event == "confirm"
+    await ws.reply_error(request.id, "no_thanks", "no")
+    assert await asked == {"declined": "no_thanks"}
 
-    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "hello?", "timeout": 0.2}, "id": 3}))
-    assert (await receive_json(ws))["event"] == "confirm"  # left unanswered
-    ack = await receive_json(ws)
-    assert ack["ack"] == 3 and ack["error"]["code"] == "timeout"
+    asked = asyncio.create_task(ws.request("confirm", {"question": "hello?", "timeout": 0.2}))
+    assert (await ws.receive()).event == "confirm"  # left unanswered
+    with pytest.raises(RequestFailed) as failed:
+        await asked
+    assert failed.value.code == "timeout"
     for bad in ({"question": ""}, {"question": "q", "timeout": 0}, {"question": "q", "timeout": 61}, None):
-        assert (await ask(ws, "confirm", bad))["error"]["code"] == "invalid_data"
-    assert await call(ws, "echo", "still open") == "still open"
+        with pytest.raises(RequestFailed) as failed:
+            await ws.request("confirm", bad)
+        assert failed.value.code == "invalid_data"
+    assert await ws.request("echo", "still open") == "still open"
 
 
 async def test_the_demo_fail_event_answers_internal_without_details(alice, caplog):
-    ws = await alice.connect()
-    ack = await ask(ws, "fail")
-    assert ack["error"] == {"code": "internal", "message": "the server failed to handle this event"}
+    ws = await alice.socket()
+    with pytest.raises(RequestFailed) as failed:
+        await ws.request("fail")
+    assert (failed.value.code, failed.value.message) == ("internal", "the server failed to handle this event")
     assert "raises on purpose" in caplog.text  # the traceback is in the server log
-    assert await call(ws, "echo", "still open") == "still open"
+    assert await ws.request("echo", "still open") == "still open"
 
 
 async def test_events_sent_while_a_handler_waits_for_the_client_run_after_it_in_order(alice):
@@ -243,10 +273,13 @@ async def test_events_sent_while_a_handler_waits_for_the_client_run_after_it_in_
 
 
 async def test_logout_closes_a_socket_whose_handler_waits_for_the_client(alice):
-    ws = await alice.connect()
-    await ws.send_str(json.dumps({"event": "confirm", "data": {"question": "sure?", "timeout": 30}, "id": 1}))
-    assert (await receive_json(ws))["event"] == "confirm"
+    ws = await alice.socket()
+    asked = asyncio.create_task(ws.request("confirm", {"question": "sure?", "timeout": 30}))
+    assert (await ws.receive()).event == "confirm"
     started = asyncio.get_running_loop().time()
     await alice.call("POST", "/api/logout")
-    await expect_close(ws, 4001)
+    assert await ws.wait_closed() == 4001
     assert asyncio.get_running_loop().time() - started < 2  # not after the handler's 30 s
+    with pytest.raises(Closed) as closed:  # the waiting event was never answered
+        await asked
+    assert closed.value.code == 4001

@@ -6,28 +6,31 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import Browser, call, expect_close
+from server.testing import Closed
+from tests.helpers import Browser
 
 
 async def test_logout_closes_that_sessions_sockets_with_4001_only(alice, make_browser):
     other_alice = await make_browser()
     await other_alice.login("alice")  # the same user in another browser
-    tab1, tab2, elsewhere = await alice.connect(), await alice.connect(), await other_alice.connect()
+    tab1, tab2, elsewhere = await alice.socket(), await alice.socket(), await other_alice.socket()
     status, _ = await alice.call("POST", "/api/logout")
     assert status == 200
-    assert await expect_close(tab1, 4001) == "logged out"
-    await expect_close(tab2, 4001)
-    assert await call(elsewhere, "echo", "still logged in") == "still logged in"
+    assert await tab1.wait_closed() == 4001
+    assert tab1.close_reason == "logged out"
+    assert await tab2.wait_closed() == 4001
+    assert await elsewhere.request("echo", "still logged in") == "still logged in"
     status, _ = await alice.call("GET", "/api/me")
     assert status == 401
 
 
 async def test_a_new_login_replaces_the_session_and_closes_its_sockets_with_4003(alice):
-    old = await alice.connect()
+    old = await alice.socket()
     await alice.login("bob")  # the same browser logs in again
-    assert await expect_close(old, 4003) == "session replaced by a newer login"
-    fresh = await alice.connect()
-    assert fresh.connected["user"]["name"] == "bob"
+    assert await old.wait_closed() == 4003
+    assert old.close_reason == "session replaced by a newer login"
+    fresh = await alice.socket()
+    assert fresh.user["name"] == "bob"
 
 
 @pytest.mark.parametrize("storage", ["redis"])
@@ -41,7 +44,9 @@ async def test_login_deletes_the_old_redis_key_and_logout_the_current_one(alice,
     second = [k async for k in redis.scan_iter(prefix + "*")]
     assert len(second) == 1 and second != first
     async with Browser(base_url) as replay:  # the old cookie is worth nothing now
-        await expect_close(await replay.open(headers={"Cookie": stolen}), 4401)
+        with pytest.raises(Closed) as refused:
+            await replay.socket(headers={"Cookie": stolen})
+        assert refused.value.code == 4401
     await alice.call("POST", "/api/logout")
     assert [k async for k in redis.scan_iter(prefix + "*")] == []
     await redis.aclose()
@@ -51,8 +56,9 @@ async def test_expiry_closes_an_idle_socket_with_4002(serve, settings):
     base_url = await serve(settings, session_max_age=1, session_check_interval=0.1)
     async with Browser(base_url) as b:
         await b.login()
-        ws = await b.connect()
-        assert await expect_close(ws, 4002) == "session expired"  # within max_age + 1 s
+        ws = await b.socket()
+        assert await ws.wait_closed() == 4002  # within max_age + 1 s
+        assert ws.close_reason == "session expired"
         status, _ = await b.call("GET", "/api/me")
         assert status == 401  # HTTP agrees the session is over
 
@@ -61,27 +67,29 @@ async def test_expiry_is_noticed_by_the_next_message(serve, settings):
     base_url = await serve(settings, session_max_age=1, session_check_interval=3600)
     async with Browser(base_url) as b:
         await b.login()
-        ws = await b.connect()
-        assert await call(ws, "echo", 1) == 1
+        ws = await b.socket()
+        assert await ws.request("echo", 1) == 1
         await asyncio.sleep(2.1)  # time itself is what is tested: the session outlives max_age + 1 s
-        await ws.send_str('{"event": "echo", "data": 2, "id": 2}')
-        await expect_close(ws, 4002)  # the close answers the event: its handler never ran
+        with pytest.raises(Closed) as closed:  # the close answers the event: its handler never ran
+            await ws.request("echo", 2)
+        assert closed.value.code == 4002
 
 
 @pytest.mark.parametrize("storage", ["redis"])
 async def test_a_session_deleted_behind_the_servers_back_closes_with_4001(alice, settings):
-    ws = await alice.connect()
+    ws = await alice.socket()
     redis = Redis.from_url(settings.redis_url)
     keys = [k async for k in redis.scan_iter(settings.cookie_name + "_*")]
     await redis.delete(*keys)
     await redis.aclose()
-    await ws.send_str('{"event": "echo", "data": 1, "id": 1}')
-    await expect_close(ws, 4001)
+    with pytest.raises(Closed) as closed:
+        await ws.request("echo", 1)
+    assert closed.value.code == 4001
 
 
 @pytest.mark.parametrize("storage", ["redis"])
 async def test_a_closing_socket_never_writes_its_stale_session_back(alice):
-    ws = await alice.connect()
+    ws = await alice.socket()
     await alice.call("POST", "/api/incr")
     await ws.close()
     await alice.login("bob")  # a newer login in the same browser
@@ -96,15 +104,16 @@ async def test_writes_do_not_extend_a_session_past_max_age(serve, settings):
     base_url = await serve(settings, session_max_age=2, session_check_interval=3600)
     async with Browser(base_url) as b:
         await b.login()
-        ws = await b.connect()
+        ws = await b.socket()
         logged_in = time.monotonic()
         status = 200
         while status == 200 and time.monotonic() - logged_in < 5:  # each write would re-stamp a sliding session
             status, _ = await b.call("POST", "/api/incr")
             if status == 200 and settings.redis_url:
-                await call(ws, "incr")
-            await asyncio.sleep(0.2)
+                await ws.request("incr")
+            await asyncio.sleep(0.2)  # writes spread over time: time itself is what is tested
         assert status == 401
         assert 2 - 0.3 <= time.monotonic() - logged_in < 2 + 1.0
-        await ws.send_str('{"event": "echo", "data": 1, "id": 1}')
-        await expect_close(ws, 4002)
+        with pytest.raises(Closed) as closed:
+            await ws.request("echo", 1)
+        assert closed.value.code == 4002
