@@ -22,9 +22,9 @@ from aiohttp import web
 from .codes import CloseCode
 from .errors import Forbidden, InvalidData, RequestFailed
 from .http_errors import json_error
+from .hub import Hub, session_room, user_room
 from .limits import LoginThrottle, Tarpit
 from .responses import json_then
-from .hub import Hub, session_room, user_room
 from .sockets import Socket
 
 ROOM_NAME = re.compile(r"[a-z0-9_-]{1,32}")

@@ -101,6 +101,9 @@ class TestSocket:
         self._arrived = asyncio.Event()
         self._answerers: dict[str, Answerer] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None  # what broke the read loop or an answerer
+        # Acks that matched no waiting request (a late one, a second one for the same id).
+        self.stray_acks: list[dict[str, Any]] = []
         self._answering: set[asyncio.Task[None]] = set()
         self._done = asyncio.Event()
 
@@ -134,6 +137,9 @@ class TestSocket:
             await self.send({"event": event, "data": data, "id": id})
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 return await waiter
+        except TimeoutError:
+            self._raise_failure()
+            raise
         finally:
             self._pending.pop(id, None)
 
@@ -169,6 +175,7 @@ class TestSocket:
         """
         async with asyncio.timeout(self.timeout if timeout is None else timeout):
             while True:
+                self._raise_failure()
                 for item in self._events:
                     if event is None or item.event == event:
                         self._events.remove(item)
@@ -182,6 +189,7 @@ class TestSocket:
         """Wait until the server closes the socket; returns the close code."""
         async with asyncio.timeout(self.timeout if timeout is None else timeout):
             await self._done.wait()
+        self._raise_failure()
         return self.close_code
 
     async def close(self, code: int = 1000) -> int | None:
@@ -208,8 +216,15 @@ class TestSocket:
         try:
             while (frame := await self._next_raw(None)) is not None:
                 await self._route(frame)
+        except Exception as exc:  # a frame the protocol does not allow: the test must see it
+            self._failure = exc
+            await self.ws.close()
         finally:
             await self._finish()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise AssertionError(f"the test socket failed: {self._failure!r}") from self._failure
 
     async def _next_raw(self, timeout: float | None) -> dict[str, Any] | None:
         """The next frame as JSON, or None once the socket is closed."""
@@ -228,13 +243,17 @@ class TestSocket:
     async def _route(self, frame: dict[str, Any]) -> None:
         if "ack" in frame:
             waiter = self._pending.get(frame["ack"])
-            if waiter is not None and not waiter.done():
-                error = frame.get("error")
-                if error is not None:
-                    waiter.set_exception(RequestFailed(error["code"], error["message"]))
-                else:
-                    waiter.set_result(frame.get("data"))
+            if waiter is None or waiter.done():
+                self.stray_acks.append(frame)
+                return
+            error = frame.get("error")
+            if error is not None:
+                waiter.set_exception(RequestFailed(error["code"], error["message"]))
+            else:
+                waiter.set_result(frame.get("data"))
             return
+        if type(frame.get("event")) is not str:
+            raise AssertionError(f"the server sent a frame that is neither an event nor an ack: {frame!r}")
         item = Received(frame["event"], frame.get("data"), frame.get("id"))
         answerer = self._answerers.get(item.event)
         if item.id is not None and answerer is not None:
@@ -251,6 +270,10 @@ class TestSocket:
             result = await answerer(item.data)
         except ReplyError as exc:
             await self.reply_error(item.id, exc.code.value, exc.message)
+        except Exception as exc:  # the test's own answerer broke: answer, and fail the test
+            self._failure = exc
+            self._arrived.set()
+            await self.reply_error(item.id, "internal", f"the test's answerer raised {exc!r}")
         else:
             await self.reply(item.id, result)
 
@@ -259,6 +282,7 @@ class TestSocket:
             self.close_code = self.ws.close_code
         for waiter in self._pending.values():
             if not waiter.done():
-                waiter.set_exception(Closed(self.close_code, self.close_reason))
+                waiter.set_exception(Closed(self.close_code, self.close_reason) if self._failure is None
+                                     else AssertionError(f"the test socket failed: {self._failure!r}"))
         self._done.set()
         self._arrived.set()

@@ -240,3 +240,22 @@ def test_a_plain_install_works_from_any_directory(tmp_path) -> None:
     assert out["typed"]
     assert out["/"] == out["/static/client.js"] == out["/static/app.js"] == 200
     assert out["own app /client.js"] == [200, True]
+
+
+async def test_the_test_client_fails_loudly_on_frames_the_protocol_forbids() -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"event": "connected", "data": {"socket": "s1", "user": None}}))
+        await ws.send_str(request.query["bad"])
+        await ws.receive()  # until the client closes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with TestClient(TestServer(app)) as http:
+        for bad in ("[1]", '{"data": 1}', "not json"):
+            socket = await connect(http, "/ws?bad=" + bad)
+            with pytest.raises(AssertionError, match="the test socket failed"):
+                await socket.receive()
+            await socket.close()
