@@ -20,6 +20,7 @@
 export const CLOSE_MEANINGS = {
   1000: "closed normally",
   1001: "the server is restarting",
+  1002: "a message broke the WebSocket protocol",
   1006: "the connection was lost",
   1007: "a message was not valid UTF-8",
   1009: "a message was too large",
@@ -36,7 +37,7 @@ export const CLOSE_MEANINGS = {
 // code that frames still waiting to be sent are rejected with. 4401 counts as "logged_out":
 // for a caller it means the same as 4001 (show the login form).
 const SESSION_ENDED = new Map([[4001, "logged_out"], [4002, "expired"], [4401, "logged_out"]]);
-const DO_NOT_RETRY = new Set([1000, 1007, 1009, ...SESSION_ENDED.keys()]);
+const DO_NOT_RETRY = new Set([1000, 1002, 1007, 1009, ...SESSION_ENDED.keys()]);
 
 /** A failure with the protocol's error `code` (protocol.md, "Error codes") or one of the client's. */
 export class ProtocolError extends Error {
