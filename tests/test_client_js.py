@@ -35,6 +35,15 @@ async def base_url(aiohttp_server: Any) -> str:
     return str(server.make_url("/"))
 
 
+async def probe_state(page: Page, state: str) -> None:
+    """Wait until the page's probe client is in `state`. (Not wait_for_function: it compiles
+    its predicate in the page, which the page's CSP forbids.)"""
+    await page.evaluate("""(state) => new Promise((resolve) => {
+        if (probe.state === state) resolve();
+        probe.onState((change) => { if (change.state === state) resolve(); });
+    })""", state)
+
+
 async def logged_in_page(chromium: Any, base_url: str) -> Page:
     page = await (await chromium.new_context()).new_page()
     await page.goto(base_url)
@@ -74,11 +83,11 @@ async def test_server_events_and_client_notifications_reach_only_their_own_liste
         probe.onSessionEnded(({code}) => heard.client.push(["session-ended", code]));
         probe.connect();
     }""")
-    await page.wait_for_function("probe.state === 'connected'")
+    await probe_state(page, "connected")
     assert await page.evaluate("probe.request('poke')") == "poked"
     # Logging out closes the probe's socket with 4001: the client's own session-ended.
     assert await page.evaluate("fetch('/api/logout', {method: 'POST'}).then((r) => r.status)") == 200
-    await page.wait_for_function("probe.state === 'closed'")
+    await probe_state(page, "closed")
     heard = await page.evaluate("heard")
     assert heard["server"] == [[name, data] for name, data in LOOKALIKES.items()]
     assert heard["client"] == [["state", "connecting"], ["state", "connected"], ["connected", "alice"],
