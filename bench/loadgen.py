@@ -303,14 +303,36 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
+async def own_sessions(proto: V1, base: str, count: int) -> list[dict[str, str]]:
+    """Log in `count` times (a session each): the Cookie header of each login."""
+    limit = asyncio.Semaphore(8)  # the demo hashes one password at a time and queues 32
+
+    async def one(_: int) -> dict[str, str]:
+        async with limit, client_session() as own:
+            await proto.setup(own, base)
+            return {"Cookie": "; ".join(f"{c.key}={c.value}" for c in own.cookie_jar)}
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def bare_session() -> aiohttp.ClientSession:
+    """A client that sends only the cookies it is given."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar(),
+                                 timeout=aiohttp.ClientTimeout(total=None, connect=WAIT, sock_read=None))
+
+
 # -- scenarios -------------------------------------------------------------------------
 
 
 async def echo(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
     base = args.url[0]
-    async with client_session() as session:
-        await proto.setup(session, base)
-        sockets = await connect_many(args.connections, lambda i: proto.connect(session, base))
+    async with client_session() as session, bare_session() as bare:
+        if args.own_sessions:
+            cookies = await own_sessions(proto, base, args.connections)
+            sockets = await connect_many(args.connections, lambda i: proto.connect(bare, base, cookies[i]))
+        else:
+            await proto.setup(session, base)
+            sockets = await connect_many(args.connections, lambda i: proto.connect(session, base))
         latencies: list[float] = []
         count = 0
         stopping = False
@@ -339,7 +361,8 @@ async def echo(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, A
         units = count
         await finish(tasks)
         await asyncio.gather(*(ws.close() for ws in sockets))
-    return {**meter.figures(units, latencies), "unit": "message", "connections": args.connections}
+    return {**meter.figures(units, latencies), "unit": "message", "connections": args.connections,
+            "own_sessions": args.own_sessions}
 
 
 async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
@@ -452,21 +475,23 @@ class FreshCookies:
 
 async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
     base = args.url[0]
-    async with client_session() as session, aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar()) as bare:
+    async with client_session() as session, bare_session() as bare:
         await proto.setup(session, base)
         fresh = FreshCookies(session.cookie_jar) if args.fresh_cookies else None
+        cookies = await own_sessions(proto, base, args.connections) if args.own_sessions else None
         latencies: list[float] = []
         count = 0
         stopping = False
 
-        async def loop() -> None:
+        async def loop(i: int) -> None:
             nonlocal count
             while not stopping:
                 headers = fresh.headers() if fresh else None  # made before the clock starts
                 t = time.perf_counter()
                 if fresh:
                     ws = await proto.connect(bare, base, headers)
+                elif cookies:
+                    ws = await proto.connect(bare, base, cookies[i])
                 else:
                     ws = await proto.connect(session, base)
                 await ws.close()
@@ -475,7 +500,7 @@ async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[s
                     count += 1
                     latencies.append(dt)
 
-        tasks = [asyncio.create_task(loop()) for _ in range(args.connections)]
+        tasks = [asyncio.create_task(loop(i)) for i in range(args.connections)]
         await watch(tasks, args.warmup)
         meter.start()
         await watch(tasks, args.duration)
@@ -484,7 +509,8 @@ async def handshake(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[s
         units = count
         await finish(tasks)
     return {**meter.figures(units, latencies), "unit": "handshake", "concurrency": args.connections,
-            "fresh_cookies": args.fresh_cookies, "latency_of": "upgrade -> first frame -> close"}
+            "fresh_cookies": args.fresh_cookies, "own_sessions": args.own_sessions,
+            "latency_of": "upgrade -> first frame -> close"}
 
 
 async def idle(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
@@ -607,6 +633,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
     p.add_argument("--fresh-cookies", action="store_true",
                    help="handshake, cookie storage: a new cookie (same session) for every handshake")
+    p.add_argument("--own-sessions", action="store_true",
+                   help="echo, handshake (proto ours): a login, so a session, per connection (or loop)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="the load generator's event loop (auto: uvloop when installed); servers never use uvloop")
     p.add_argument("--settle", type=float, default=2.0, help="idle: seconds to wait before reading RSS")

@@ -51,13 +51,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# The stdlib reads frames: it keeps integers of any size exactly (orjson reads integers
-# past 64 bits as floats). orjson writes them, several times faster; what it cannot write
-# exactly (integers past 64 bits, non-string keys, lone surrogates) goes through the
-# stdlib, which escapes non-ASCII text there so that the frame stays valid UTF-8. (orjson
-# writes NaN and infinities as null; no client frame can carry them.)
-_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+# orjson reads frames, two to four times faster than the stdlib, except where the two
+# would not agree: a frame with a run of 19 digits (it may hold an integer past 64 bits,
+# which orjson reads as a float), one with many lists and objects (orjson's depth limit is
+# not the stdlib's) and a frame orjson refuses (the stdlib accepts lone surrogate escapes,
+# and gives the error answers: not JSON, out of range, nested too deeply) are read by the
+# stdlib, which keeps integers of any size exactly.
+# orjson writes frames, several times faster; what it cannot write exactly (integers past
+# 64 bits, non-string keys, lone surrogates) goes through the stdlib, which escapes
+# non-ASCII text there so that the frame stays valid UTF-8. (orjson writes NaN and
+# infinities as null; no client frame can carry them.)
+_decode_exactly = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 _encode_exactly = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# Digits to "0", "[" and "{" to "[", every other byte to " ": one C pass over the frame
+# finds both a long number and the number of containers (a regular expression costs more
+# than parsing the frame).
+_SHAPE = bytes(48 if 48 <= b <= 57 else 91 if b in (91, 123) else 32 for b in range(256))
+_LONG_NUMBER = b"0" * 19
+_FEW_CONTAINERS = 256
+
+
+def _decode(text: str) -> Any:
+    raw = text.encode("utf-8", "surrogatepass")  # a lone surrogate: orjson refuses it, the stdlib decides
+    shape = raw.translate(_SHAPE)
+    if _LONG_NUMBER not in shape and shape.count(b"[") < _FEW_CONTAINERS:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _decode_exactly(text)
 
 
 def _encode(frame: dict[str, Any]) -> bytes:

@@ -1,5 +1,6 @@
 """The sans-I/O codec, from literal frames (protocol.md, "Frames")."""
 
+import json
 import subprocess
 import sys
 
@@ -99,3 +100,59 @@ def test_the_codec_imports_no_aiohttp_nor_asyncio():
     code = "import sys, server.protocol; print(sorted(m for m in ('aiohttp', 'asyncio') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _outcome(decode, text):
+    try:
+        return "ok", repr(decode(text))  # repr tells 1 from 1.0 and -0.0 from 0.0
+    except RecursionError:
+        return "too deep", None
+    except ValueError:
+        return "not JSON", None
+
+
+def _random_value(rng, depth=0):
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice([0, 1, -1, 2**53, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1,
+                           10**18, 10**19, 10**30, rng.randrange(-(10**25), 10**25)])
+    if kind == 1:
+        return rng.choice([0.0, -0.0, 1.5, 1e308, 5e-324, 1e-7, 123456789012345678901.0, rng.random() * 1e20])
+    if kind == 2:
+        return "".join(rng.choice(["a", "é", "\u2028", "\"", "\\", "\n", "\x00", "😀", "\ud800", "123"])
+                       for _ in range(rng.randrange(6)))
+    if kind == 3:
+        return rng.choice([True, False, None])
+    if kind in (4, 5):
+        return rng.randrange(-1000, 1000)
+    if kind in (6, 7):
+        return {f"k{i}": _random_value(rng, depth + 1) for i in range(rng.randrange(4))}
+    return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+
+
+def _corpus():
+    import random
+
+    rng = random.Random(20261202)
+    fixed = ['{"a":18446744073709551615}', '{"a":18446744073709551616}', '{"a":-9223372036854775809}',
+             '{"a":1e400}', '{"a":-1e400}', '{"a":NaN}', '{"a":Infinity}', '{"a":"\\ud800"}', '{"a":"\\udc00x"}',
+             '{"a":1.0}', '{"a":1E2}', '{"a":-0}', '{"a":-0.0}', '{"a":1,"a":2}', '\ufeff{}', '{"a":"\x01"}',
+             '[' * 2000 + ']' * 2000, '[' * 1000 + ']' * 1000, ' {"a" : [ 1 , 2 ] } ', '{"a":01}', '{"a":.5}',
+             '{"a":1.}', '{"a":"x"} x', '', '{', '{"a":"\\u00e9"}', '{"a":"\\uD83D\\uDE00"}', '{"a":tru}',
+             '{"id":9007199254740991}', '{"id":1.0}', '{"id":12345678901234567890123}', '"\\ud800"']
+    for text in fixed:
+        yield text
+    for _ in range(3000):
+        value = {"event": "echo", "data": _random_value(rng), "id": rng.randrange(1, 2**53)}
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5, separators=rng.choice([(",", ":"), (", ", ": ")]))
+        if rng.random() < 0.3:  # a mutation: most are no longer JSON
+            at = rng.randrange(len(text) + 1)
+            text = text[:at] + rng.choice(["", "x", "]", "}", ",", "\"", "\\", "1", "e", "-"]) + text[at + 1:]
+        yield text
+
+
+def test_the_fast_reader_agrees_with_the_exact_one():
+    from server import protocol
+
+    for text in _corpus():
+        assert _outcome(protocol._decode, text) == _outcome(protocol._decode_exactly, text), text[:200]
