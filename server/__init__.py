@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
     from .hub import Hub, reload_session, require_user, session_room, user_room
     from .origins import same_origin_middleware
+    from .protocol import Event
     from .redis_sessions import RedisSessionBridge
     from .responses import json_then
     from .sessions import CookieSessionBridge, SessionBridge, new_key
@@ -73,6 +74,7 @@ _EXPORTS = {
     "Unavailable": "errors",
     "UnknownEvent": "errors",
     "Hub": "hub",
+    "Event": "protocol",
     "reload_session": "hub",
     "require_user": "hub",
     "session_room": "hub",
@@ -96,6 +98,7 @@ __all__ = [
     "CloseConnection",
     "CookieSessionBridge",
     "ErrorCode",
+    "Event",
     "Forbidden",
     "HUB",
     "Hub",

@@ -321,6 +321,9 @@ class _Connection:
                 await self._pace(msg)
                 item = self._accept(msg)  # an answer to a server request is taken here, at once
                 if item is _CLOSED:
+                    # The handler waiting for the client's answer must learn it now, not
+                    # when its request times out: until it ends, the socket stays in its rooms.
+                    socket._connection_lost(self.ws.close_code)
                     return
                 if item is None:
                     continue

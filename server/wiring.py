@@ -73,8 +73,15 @@ def setup(app: web.Application, sessions: SessionBridge, *, path: str = "/ws",
 
 
 def serve_client_js(app: web.Application, path: str = "/client.js") -> None:
-    """Serve the package's JavaScript client (an ES module, with `client.d.ts` beside it)."""
-    async def client_js(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(CLIENT_JS, headers={"Content-Type": "text/javascript; charset=utf-8"})
+    """Serve the package's JavaScript client (an ES module) at `path`, and its TypeScript
+    declarations beside it (`/client.js` -> `/client.d.ts`)."""
+    if not path.endswith(".js"):
+        raise ValueError(f"the client's path must end with .js, not {path!r}")
 
-    app.router.add_get(path, client_js)
+    def serve(file: Path, content_type: str) -> Any:
+        async def handler(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(file, headers={"Content-Type": content_type})
+        return handler
+
+    app.router.add_get(path, serve(CLIENT_JS, "text/javascript; charset=utf-8"))
+    app.router.add_get(path[:-3] + ".d.ts", serve(CLIENT_JS.with_suffix(".d.ts"), "application/typescript; charset=utf-8"))

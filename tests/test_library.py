@@ -175,6 +175,8 @@ async def test_serve_client_js_serves_the_packaged_client() -> None:
         assert response.status == 200
         assert response.content_type == "text/javascript"
         assert "export class Client" in await response.text()
+        types = await http.get("/js/client.d.ts")
+        assert types.status == 200 and "export declare class Client" in await types.text()
 
 
 async def test_the_demo_authorizes_its_staff_room(base_url: str) -> None:
@@ -259,3 +261,4 @@ async def test_the_test_client_fails_loudly_on_frames_the_protocol_forbids() -> 
             with pytest.raises(AssertionError, match="the test socket failed"):
                 await socket.receive()
             await socket.close()
+

@@ -102,3 +102,32 @@ def test_a_bad_number_in_the_environment_is_a_usage_error():
     out = subprocess.run([sys.executable, str(ROOT / "run.py")], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and "--port: invalid int value: 'abc'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_the_event_loop_is_chosen_by_option_and_environment(tmp_path):
+    env = {"SESSION_KEY": Fernet.generate_key().decode()}
+    for args, loop_env, expected in [(("--loop", "asyncio"), "uvloop", "asyncio loop"),
+                                     (("--loop", "uvloop"), "asyncio", "uvloop loop"),
+                                     ((), "uvloop", "uvloop loop")]:
+        async with RunPy(*args, env={**env, "LOOP": loop_env}) as server:
+            async with Browser(server.url) as b:
+                await b.login("alice")
+                async with await b.socket() as socket:
+                    assert await socket.request("echo", "on any loop") == "on any loop"
+            assert expected in server.log()
+
+
+async def test_a_client_that_closes_during_a_server_request_leaves_its_rooms_at_once():
+    async with RunPy(env={"SESSION_KEY": Fernet.generate_key().decode()}) as server:
+        async with Browser(server.url) as b:
+            await b.login("alice")
+            leaving, staying = await b.socket(), await b.socket()
+            await leaving.request("join", {"room": "rx"})
+            await leaving.emit("confirm", {"question": "still there?", "timeout": 60})
+            await leaving.receive("confirm")  # the handler now waits for this socket's answer
+            await leaving.close()
+            # The server learns of the close at once, not when the 60 s request times out.
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await staying.request("join", {"room": "rx"}))["members"] != 1:
+                assert asyncio.get_running_loop().time() < deadline, "the closed socket is still in its room"
+                await staying.request("leave", {"room": "rx"})
