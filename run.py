@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
 import sys
 
@@ -18,12 +20,25 @@ def main(argv: list[str] | None = None) -> None:
         app = make_app(settings)
     except ValueError as exc:  # a bad SESSION_KEY, for one
         sys.exit(f"run.py: {exc}")
+    loop = new_event_loop(settings.loop)
     # A backlog of 4096 (the kernel caps it at net.core.somaxconn): a reconnect storm of
     # thousands of clients waits in the kernel's queue instead of retrying dropped SYNs.
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=10, backlog=4096,
+    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=10, backlog=4096, loop=loop,
                 print=lambda _: print(f"Serving the demo on http://{settings.host}:{settings.port}/ "
-                                      f"(sessions in {'Redis' if settings.redis_url else 'cookies'}); "
+                                      f"(sessions in {'Redis' if settings.redis_url else 'cookies'}, "
+                                      f"{type(loop).__module__.split('.')[0]} loop); "
                                       "Ctrl+C to stop", flush=True))
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """The event loop `--loop` asks for: uvloop when chosen, or on `auto` when installed."""
+    if choice == "uvloop" or (choice == "auto" and importlib.util.find_spec("uvloop") is not None):
+        try:
+            import uvloop
+        except ImportError:
+            sys.exit("run.py: --loop uvloop: uvloop is not installed (pip install '.[speed]')")
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class Settings:
     secure_cookies: bool = False
     heartbeat: float = 25.0
     log_level: str = "info"
+    loop: str = "auto"  # auto (uvloop when installed), asyncio, uvloop
     session_check_interval: float = 15.0
     rate_limit: float = 100.0
     rate_limit_bytes: float = 64 << 10
@@ -92,6 +93,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    help="SECURE_COOKIES=1: mark the session cookie Secure (when served over HTTPS)")
     p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=env("HEARTBEAT", str(d.heartbeat)),
                    help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=env("LOOP", d.loop),
+                   help="LOOP: the event loop; auto takes uvloop when it is installed "
+                        "(pip install '.[speed]') (%(default)s)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", d.log_level),
                    choices=["debug", "info", "warning", "error"], type=str.lower, help="LOG_LEVEL (%(default)s)")
     p.add_argument("--session-check-interval", type=float, metavar="SECONDS",
@@ -149,6 +153,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         secure_cookies=args.secure_cookies,
         heartbeat=args.heartbeat,
         log_level=args.log_level,
+        loop=args.loop,
         session_check_interval=args.session_check_interval,
         rate_limit=args.rate_limit,
         rate_limit_bytes=args.rate_limit_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -20,10 +21,22 @@ from server.app import HUB, make_app
 from server.config import Settings
 from tests.helpers import ROOT, Browser, free_port  # noqa: F401 (ROOT: for tests)
 
+# LOOP=uvloop runs the suite on uvloop: the apps tests run in-process, and (through the
+# environment) every `python run.py` they start. Unset, both use asyncio's own loop.
+LOOP = os.environ.setdefault("LOOP", "asyncio")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any] | None:
+    if LOOP == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-
 
 
 class RedisServer:
