@@ -10,7 +10,11 @@ It speaks just enough of protocol v1 for the bench, with the stdlib's json:
 
 With `--mode str` it does no JSON at all: every text frame is sent back as it is.
 
-    python bench/raw_server.py --port 8090 [--mode json|str] [--heartbeat 25] [--backlog 4096]
+With `--session` it is aiohttp + aiohttp-session and nothing more: `POST /api/login` puts
+the user in an encrypted cookie session (key: SESSION_KEY, cookie `session`, as run.py),
+and the upgrade reads that session and names its user in `connected` (no user: close 4401).
+
+    python bench/raw_server.py --port 8090 [--mode json|str] [--session] [--heartbeat 25] [--backlog 4096]
 
 It listens with the backlog run.py uses (4096; aiohttp's default is 128), so that the
 upgrade storm of scenario (g) compares servers, not listen queues.
@@ -20,21 +24,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import secrets
 import time
 
 from aiohttp import WSMsgType, web
+from aiohttp_session import get_session, session_middleware
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet
 
 SOCKETS = web.AppKey("sockets", set)
 ROOMS = web.AppKey("rooms", dict)
 USER = {"id": 1, "name": "alice"}  # the same public user object as the demo's
 
 
-def make_app(mode: str, heartbeat: float | None, max_message_size: int = 1 << 20) -> web.Application:
+def make_app(mode: str, heartbeat: float | None, max_message_size: int = 1 << 20,
+             session: bool = False) -> web.Application:
     app = web.Application()
     app[SOCKETS] = set()
     app[ROOMS] = {}
+    if session:
+        storage = EncryptedCookieStorage(Fernet(os.environ["SESSION_KEY"]), cookie_name="session", max_age=86400,
+                                         httponly=True, samesite="Lax")
+        app.middlewares.append(session_middleware(storage))
+
+        async def login(request: web.Request) -> web.Response:
+            (await get_session(request))["user"] = USER
+            return web.json_response({"user": USER})
+
+        app.router.add_post("/api/login", login)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -42,9 +61,13 @@ def make_app(mode: str, heartbeat: float | None, max_message_size: int = 1 << 20
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         # The same transport settings as our server's.
         ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=max_message_size + 1, compress=False)
+        user = (await get_session(request)).get("user") if session else USER
         await ws.prepare(request)
+        if user is None:
+            await ws.close(code=4401, message=b"login required")
+            return ws
         await ws.send_str(json.dumps({"event": "connected",
-                                      "data": {"socket": secrets.token_urlsafe(12), "user": USER}}))
+                                      "data": {"socket": secrets.token_urlsafe(12), "user": user}}))
         if mode == "str":
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -109,6 +132,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--mode", choices=["json", "str"], default="json",
                    help="json: decode and re-encode an ack envelope; str: echo the raw string")
+    p.add_argument("--session", action="store_true", help="aiohttp-session cookie sessions (see above)")
     p.add_argument("--heartbeat", type=float, default=25.0, help="seconds between pings (0: off); ours uses 25")
     p.add_argument("--cold-allocator", action="store_true", help="skip warm_allocator() (see its docstring)")
     p.add_argument("--backlog", type=int, default=4096, help="the listen backlog (run.py: 4096)")
@@ -117,7 +141,7 @@ def main() -> None:
         warm_allocator()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    web.run_app(make_app(args.mode, args.heartbeat or None), host="127.0.0.1", port=args.port,
+    web.run_app(make_app(args.mode, args.heartbeat or None, session=args.session), host="127.0.0.1", port=args.port,
                 backlog=args.backlog,
                 print=lambda _: print(f"raw server ({args.mode}) on 127.0.0.1:{args.port}", flush=True))
 
