@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Settings, load_fernet
-from .cors import cors_middleware
+from .cors import setup_cors
 from .demo import setup_demo
 from .headers import security_headers
 from .http_errors import json_errors
@@ -41,12 +41,10 @@ def make_app(settings: Settings | None = None) -> web.Application:
     """The demo server as an `aiohttp.web.Application`, ready for `web.run_app`."""
     settings = settings or Settings()
     sessions = make_sessions(settings)
-    app = web.Application(middlewares=[
-        security_headers,
-        cors_middleware(settings.allowed_origins),
-        json_errors,
-        same_origin_middleware(settings.allowed_origins),
-    ])
+    app = web.Application()
+    app.on_response_prepare.append(security_headers)
+    setup_cors(app, settings.allowed_origins)
+    app.middlewares.extend([json_errors, same_origin_middleware(settings.allowed_origins)])
     backplane = None
     if isinstance(sessions, RedisSessionBridge):  # Redis is both the session store and the backplane
         backplane = RedisBackplane(sessions.link, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl)

@@ -6,43 +6,52 @@ other origins get no CORS headers, and their preflight a 403.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Awaitable, Iterable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from .http_errors import json_error
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 
 
-def cors_middleware(allowed_origins: Iterable[str]) -> Middleware:
+def setup_cors(app: web.Application, allowed_origins: Iterable[str]) -> None:
+    """Answer preflights (a middleware) and mark every response (`on_response_prepare`).
+
+    The middleware hands every other request straight on, without a frame of its own that
+    would stay alive as long as each websocket does.
+    """
     allowed = frozenset(allowed_origins)
 
     @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
+    def preflights(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            if origin not in allowed:
-                raise json_error(web.HTTPForbidden, "forbidden_origin", "this origin may not call this API")
-            preflight = web.Response(status=204)
-            _allow(preflight, origin)
-            preflight.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            preflight.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                "Access-Control-Request-Headers", "Content-Type")
-            preflight.headers["Access-Control-Max-Age"] = "600"
-            return preflight
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            # Error responses carry the headers too, so the page can read a 401.
-            _vary(exc, origin if origin in allowed else None)
-            raise
-        if not response.prepared:  # a websocket has sent its headers already
-            _vary(response, origin if origin in allowed else None)
-        return response
+            return _preflight(request, allowed)
+        return handler(request)
 
-    return cors
+    async def mark(request: web.Request, response: web.StreamResponse) -> None:
+        # Error responses carry the headers too, so the page can read a 401.
+        # Not a preflight's (it has them), nor a websocket's 101 (CORS does not apply to it).
+        if type(response) is not web.WebSocketResponse and "Access-Control-Allow-Origin" not in response.headers:
+            origin = request.headers.get("Origin")
+            _vary(response, origin if origin in allowed else None)
+
+    app.middlewares.append(preflights)
+    app.on_response_prepare.append(mark)
+
+
+async def _preflight(request: web.Request, allowed: frozenset[str]) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    if origin not in allowed:
+        raise json_error(web.HTTPForbidden, "forbidden_origin", "this origin may not call this API")
+    preflight = web.Response(status=204)
+    _allow(preflight, origin)
+    preflight.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+    preflight.headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", "Content-Type")
+    preflight.headers["Access-Control-Max-Age"] = "600"
+    return preflight
 
 
 def _allow(response: web.StreamResponse, origin: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 # The demo page loads only its own scripts, styles and socket: nothing inline, no frames.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -17,13 +16,12 @@ HEADERS = {
 }
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(HEADERS)
-        raise
-    if not response.prepared:  # a websocket has sent its headers already
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`app.on_response_prepare` handler: every response, errors included.
+
+    A signal, not a middleware: a middleware's frame would stay alive as long as each
+    websocket does. The upgrade's own 101 carries none: they concern documents, and a
+    websocket keeps its response headers for its whole life.
+    """
+    if type(response) is not web.WebSocketResponse:
         response.headers.update(HEADERS)
-    return response

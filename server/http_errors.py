@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Awaitable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,9 +33,23 @@ _CODES = {
 }
 
 
+def is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every HTTP error with the JSON error object; a crash is a bare 500."""
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Answer every HTTP error with the JSON error object; a crash is a bare 500.
+
+    A websocket upgrade is handed straight on: the endpoint answers its refusals in JSON
+    itself, and this middleware's frame would stay alive as long as the socket does.
+    """
+    if is_websocket_upgrade(request):
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:

@@ -14,14 +14,16 @@ import logging
 import math
 import secrets
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from aiohttp import web
-from aiohttp_session import AbstractStorage, Session, get_session, new_session, session_middleware
+from aiohttp.typedefs import Handler
+from aiohttp_session import STORAGE_KEY, AbstractStorage, Session, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from .errors import CloseConnection, SessionExpired, SessionReadOnly
+from .http_errors import is_websocket_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,20 @@ class SessionBridge:
         self.max_age = max_age
 
     def middleware(self) -> Any:
-        return session_middleware(self.storage)
+        """aiohttp-session's middleware, except for websocket upgrades: those get the
+        storage only. The middleware could do nothing more for a socket (it never saves
+        on a websocket response), and its frame would stay alive as long as the socket."""
+        storage = self.storage
+        inner = session_middleware(storage)
+
+        @web.middleware
+        def sessions(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+            if is_websocket_upgrade(request):
+                request[STORAGE_KEY] = storage
+                return handler(request)
+            return inner(request, handler)
+
+        return sessions
 
     async def open(self, request: web.Request) -> SessionHandle:
         """The session of an upgrade request, as the session middleware loaded it.
