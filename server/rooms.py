@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Collection, Generic, Hashable, Iterable, TypeVar
 
 M = TypeVar("M", bound=Hashable)
 
@@ -12,7 +12,9 @@ class Rooms(Generic[M]):
 
     def __init__(self) -> None:
         self._members: dict[str, set[M]] = {}
-        self._rooms: dict[M, set[str]] = {}
+        # A member's rooms as a tuple: a socket is in a few (its two private ones, mostly),
+        # and a tuple of two costs a quarter of a set's memory, for each idle socket.
+        self._rooms: dict[M, tuple[str, ...]] = {}
 
     def add(self, room: str, member: M) -> bool:
         """Put `member` in `room`; False if it was there already."""
@@ -20,7 +22,7 @@ class Rooms(Generic[M]):
         if member in members:
             return False
         members.add(member)
-        self._rooms.setdefault(member, set()).add(room)
+        self._rooms[member] = self._rooms.get(member, ()) + (room,)
         return True
 
     def discard(self, room: str, member: M) -> bool:
@@ -31,15 +33,16 @@ class Rooms(Generic[M]):
         members.remove(member)
         if not members:
             del self._members[room]
-        rooms = self._rooms[member]
-        rooms.remove(room)
-        if not rooms:
+        rooms = tuple(r for r in self._rooms[member] if r != room)
+        if rooms:
+            self._rooms[member] = rooms
+        else:
             del self._rooms[member]
         return True
 
-    def remove(self, member: M) -> set[str]:
+    def remove(self, member: M) -> tuple[str, ...]:
         """Take `member` out of every room; returns the rooms it was in."""
-        rooms = self._rooms.pop(member, set())
+        rooms = self._rooms.pop(member, ())
         for room in rooms:
             members = self._members[room]
             members.remove(member)
@@ -53,8 +56,8 @@ class Rooms(Generic[M]):
     def count(self, room: str) -> int:
         return len(self._members.get(room, ()))
 
-    def rooms_of(self, member: M) -> set[str]:
-        return self._rooms.get(member, set())
+    def rooms_of(self, member: M) -> Collection[str]:
+        return self._rooms.get(member, ())
 
     def __contains__(self, room: object) -> bool:
         return room in self._members

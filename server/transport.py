@@ -121,11 +121,31 @@ class WebSocketEndpoint:
                      socket.user and socket.user.get("id"), user.sockets)
             await ws.close(code=CloseCode.TOO_MANY_SOCKETS, message=b"too many sockets for this user")
             return ws
+        # Served here, not in a coroutine of its own: every frame on this task's stack stays
+        # alive as long as the socket does.
         user.sockets += 1
         try:
-            return await self._serve(request, ws, socket, user)
+            await ws.prepare(request)
+            connection = _Connection(self, socket, ws, user.budget)
+            socket._attach(ws, settings.send_limit, connection)
+            await socket.emit("connected", {"socket": socket.id, "user": socket.user})
+            await self.hub._add(socket)
+            log.info("socket %s connected: user %s from %s", socket.id,
+                     socket.user and socket.user.get("id"), request.remote)
+            try:
+                await connection.serve()
+                socket._detach()
+                await connection.close()
+            finally:
+                socket._detach()
+                _abort(request)
+                socket._connection_lost(ws.close_code)
+                await self.hub._remove(socket)
+                await connection.stop()
+                log.info("socket %s closed: code %s", socket.id, socket.close_code)
         finally:
             user.sockets -= 1
+        return ws
 
     def _user(self, key: Any) -> _User:
         # A user's budget outlives their sockets: reconnecting must not refill it. Users with
@@ -138,29 +158,6 @@ class WebSocketEndpoint:
                     del self._users[gone]
             user = self._users[key] = _User(self.settings)
         return user
-
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, socket: Socket,
-                     user: _User) -> web.WebSocketResponse:
-        settings = self.settings
-        await ws.prepare(request)
-        connection = _Connection(self, socket, ws, user.budget)
-        socket._attach(ws, settings.send_limit, connection)
-        await socket.emit("connected", {"socket": socket.id, "user": socket.user})
-        await self.hub._add(socket)
-        log.info("socket %s connected: user %s from %s", socket.id,
-                 socket.user and socket.user.get("id"), request.remote)
-        try:
-            await connection.serve()
-            socket._detach()
-            await connection.close()
-        finally:
-            socket._detach()
-            _abort(request)
-            socket._connection_lost(ws.close_code)
-            await self.hub._remove(socket)
-            await connection.stop()
-            log.info("socket %s closed: code %s", socket.id, socket.close_code)
-        return ws
 
     async def run_event(self, socket: Socket, event: Event) -> None:
         """Run one event and answer it: the one place errors become frames or closes."""
@@ -220,6 +217,9 @@ class _Connection:
     on that task queues the frames for the handler's task (an inbox), still in order.
     """
 
+    __slots__ = ("endpoint", "settings", "socket", "ws", "task", "receiving", "handling", "reader", "inbox",
+                 "budget", "user_budget", "paced")
+
     def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse,
                  user_budget: ReadBudget) -> None:
         self.endpoint = endpoint
@@ -260,9 +260,30 @@ class _Connection:
     # -- the upgrade's task ------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Read and answer frames until the socket closes or must close."""
+        """Read and answer frames until the socket closes or must close.
+
+        Frames are read and run here until the socket closes or reading is handed over to
+        a task of its own; then the events it queues are run here.
+        """
+        ws, socket = self.ws, self.socket
         try:
-            await self._read()
+            # The read loop is here, not in a coroutine of its own: an idle socket keeps
+            # every frame of this stack alive.
+            while self.reader is None and not socket.closed:
+                self.receiving = True
+                try:
+                    msg = await ws.receive()
+                    await self._pace(msg)
+                finally:
+                    self.receiving = False
+                item = self._accept(msg)
+                del msg  # an idle socket must not keep its last frame (and what it parsed into) alive
+                if item is None:
+                    continue
+                if item is _CLOSED:
+                    return
+                await self._answer(item)  # type: ignore[arg-type]
+                del item
             if self.reader is not None:
                 await self._work()
         except asyncio.CancelledError:
@@ -291,25 +312,6 @@ class _Connection:
     def _stop_handler(self) -> None:
         if self.handling:
             self.task.cancel()  # type: ignore[union-attr]
-
-    async def _read(self) -> None:
-        """Read frames and run them here, until the socket closes or reading is handed over."""
-        ws, socket = self.ws, self.socket
-        while self.reader is None and not socket.closed:
-            self.receiving = True
-            try:
-                msg = await ws.receive()
-                await self._pace(msg)
-            finally:
-                self.receiving = False
-            item = self._accept(msg)
-            del msg  # an idle socket must not keep its last frame (and what it parsed into) alive
-            if item is None:
-                continue
-            if item is _CLOSED:
-                return
-            await self._answer(item)  # type: ignore[arg-type]
-            del item
 
     async def _read_into_inbox(self) -> None:
         inbox = self.inbox
