@@ -532,12 +532,18 @@ async def idle(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, A
         await watch(keepers, args.settle)
         meter.stop()
         rss_after = rss_bytes(pid)
+        idle_cpu = None
+        if args.idle_window:  # what the open sockets cost while nothing happens but heartbeats
+            cpu0, t0 = sum(cpu_seconds(p) for p in args.pid), time.monotonic()
+            await watch(keepers, args.idle_window)
+            idle_cpu = (sum(cpu_seconds(p) for p in args.pid) - cpu0) / (time.monotonic() - t0)
         for task in keepers:
             task.cancel()
         await asyncio.gather(*keepers, return_exceptions=True)
     figures = meter.figures(n)
     return {**figures, "unit": "connection", "connections": n, "rss_before": rss_before,
             "rss_after": rss_after, "rss_per_connection": (rss_after - rss_before) / n,
+            "idle_cpu_per_second": idle_cpu, "idle_window": args.idle_window,
             "note": "server_cpu_per_unit here is the handshake cost while opening the connections"}
 
 
@@ -638,6 +644,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="the load generator's event loop (auto: uvloop when installed); servers never use uvloop")
     p.add_argument("--settle", type=float, default=2.0, help="idle: seconds to wait before reading RSS")
+    p.add_argument("--idle-window", type=float, default=0.0,
+                   help="idle: then seconds to measure the server's CPU over while the sockets stay idle")
     p.add_argument("--storm-timeout", type=float, default=60.0,
                    help="storm: seconds an upgrade may take (to its first frame) before it counts as failed")
     for url in (args := p.parse_args(argv)).url:

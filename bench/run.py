@@ -259,6 +259,8 @@ def run_loadgen(group: Group, running: Running, opts: Options, redis: Child | No
     cmd = [python(), "-m", "bench.loadgen", group.loadgen, "--proto", running.server.proto,
            "--connections", str(connections), "--duration", str(opts.duration), "--warmup", str(opts.warmup)]
     cmd += running.server.loadgen_args
+    if group.loadgen == "idle":  # more than the default heartbeat (25 s): every socket is pinged in it
+        cmd += ["--idle-window", "5" if opts.quick else "30"]
     for url in running.urls:
         cmd += ["--url", url]
     for pid in running.pids:
@@ -365,6 +367,8 @@ def _brief(result: dict[str, Any]) -> str:
             f"  foreign {result['foreign_util']:.2f}  speed {result.get('speed', 1):.2f}")
     if "rss_per_connection" in result:
         text += f"  RSS {result['rss_per_connection'] / 1024:.1f} KB/conn"
+    if result.get("idle_cpu_per_second") is not None:
+        text += f"  idle CPU {result['idle_cpu_per_second'] * 1000:.1f} ms/s"
     if "storm_wall" in result:
         text += (f"  failed {result['failed']}/{result['connections']} {result['failures'] or ''}"
                  f" wall {result['storm_wall']:.2f} s  close {result['close']['wall']:.2f} s"
@@ -533,6 +537,13 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                               f"{rss / 1024:.1f} KB" if rss is not None else "-",
                               f"{ref_label}: {ref_rss / 1024:.1f} KB" if ref_rss is not None else "-",
                               _ratio(rss, ref_rss), "<= 16 KB", passed, miss))
+            idle = ours.median(lambda r: r.get("idle_cpu_per_second"))
+            ref_idle = ref.median(lambda r: r.get("idle_cpu_per_second")) if ref else None
+            if idle is not None:
+                out.append(Target("e", f"server CPU while the {n:,} sockets stay idle (heartbeat 25 s), "
+                                       f"{storage} storage", f"{idle * 1000:.1f} ms/s",
+                                  f"{ref_label}: {ref_idle * 1000:.1f} ms/s" if ref_idle is not None else "-",
+                                  _ratio(idle, ref_idle), "(no target)", None))
     if "f" in letters:
         two, one = get("fanout", "ours-2proc"), get("fanout", "ours")
         if two and one:
@@ -754,7 +765,8 @@ def _group_table(group: Group, results: dict[str, list[dict[str, Any]]]) -> list
     head = ["server", "throughput", "p50", "p99", "server CPU/unit", "server util", "loadgen util", "foreign",
             "speed"]
     if idle:
-        head = ["server", "RSS/connection", "RSS before", "RSS after", "server CPU/connection", "connect rate"]
+        head = ["server", "RSS/connection", "RSS before", "RSS after", "server CPU/connection", "connect rate",
+                "idle CPU (ms/s)"]
     if any(SERVERS[k].redis for k in results):
         head.append("Redis CPU/unit")
     head += ["issue estimate", "rounds ok", "per round (server CPU/unit)"]
@@ -767,7 +779,8 @@ def _group_table(group: Group, results: dict[str, list[dict[str, Any]]]) -> list
             rss = s.median(lambda r: r["rss_per_connection"])
             cells = [label, "-" if rss is None else f"{rss / 1024:.1f} KB",
                      _mib(s.median(lambda r: r["rss_before"])), _mib(s.median(lambda r: r["rss_after"])),
-                     _us(s.cpu), _rate(s.median(lambda r: r["throughput"]), "conn")]
+                     _us(s.cpu), _rate(s.median(lambda r: r["throughput"]), "conn"),
+                     _fmt(s.median(lambda r: (r.get("idle_cpu_per_second") or 0) * 1000))]
         else:
             cells = [label, _rate(s.median(lambda r: r["throughput"]), unit),
                      _ms(s.median(lambda r: r["latency"].get("p50"))),
