@@ -294,8 +294,9 @@ class Hub:
                 log.exception("session check failed; retrying in %s s", self.session_check_interval)
 
 
-async def _step(middleware: Middleware, call_next: Next, socket: Socket, event: Event) -> Any:
-    return await middleware(socket, event, call_next)
+def _step(middleware: Middleware, call_next: Next, socket: Socket, event: Event) -> Awaitable[Any]:
+    # Not a coroutine: the middleware's own is the only frame a step adds.
+    return middleware(socket, event, call_next)
 
 
 def _name(hook: Any) -> str:

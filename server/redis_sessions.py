@@ -23,7 +23,7 @@ from aiohttp_session import AbstractStorage, Session
 from .errors import CloseConnection, LoggedOut, SessionExpired, SessionReadOnly, Unavailable
 from .http_errors import json_error
 from .redis_link import RedisLink, RedisUnavailable
-from .redis_tracking import TrackingCache
+from .redis_tracking import MISSING, Missing, TrackingCache
 from .resp import ReplyError
 from .sessions import COOKIE_DEFAULTS, DAY, SessionBridge, SessionHandle, ended, session_deadline
 
@@ -65,6 +65,19 @@ class RedisStorage(AbstractStorage):
 
     def key(self, identity: str) -> str:
         return self.prefix + identity
+
+    def cached(self, key: str) -> bytes | None | Missing:
+        """The value of `key` if the cache has it, else MISSING (then `read` it).
+
+        Raises:
+            Unavailable: Redis is unreachable.
+        """
+        if self.cache is None:
+            return MISSING
+        try:
+            return self.cache.cached(key)
+        except RedisUnavailable:
+            raise _unavailable() from None
 
     async def read(self, key: str) -> bytes | None:
         """The stored value of `key`, through the cache when there is one.
@@ -252,7 +265,10 @@ class RedisSessionBridge(SessionBridge):
         await super().reload(handle)
         if handle.key is None:
             return  # an anonymous socket: nothing stored to reload
-        raw = await self._store.read(handle.key)
+        # Most reloads are answered by the cache: without a coroutine to wait for.
+        raw = self._store.cached(handle.key)
+        if raw is MISSING:
+            raw = await self._store.read(handle.key)
         if raw is not None and raw is handle.raw:
             return  # unchanged since the last reload
         handle.session = self._replace(handle, raw)

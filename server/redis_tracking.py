@@ -27,12 +27,22 @@ Why a reload still sees every change that completed before the message was sent:
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from .redis_link import RedisLink, RedisUnavailable
 from .resp import Push
 
-__all__ = ["TrackingCache", "RedisUnavailable"]
+__all__ = ["MISSING", "Missing", "TrackingCache", "RedisUnavailable"]
+
+
+class Missing(enum.Enum):
+    """Not in the cache (None is a cached "no such key")."""
+
+    MISSING = "missing"
+
+
+MISSING = Missing.MISSING
 
 
 class TrackingCache:
@@ -79,6 +89,16 @@ class TrackingCache:
 
         value: bytes | None = await self._link.call(b"GET", name, on_reply=store)
         return value
+
+    def cached(self, key: str) -> bytes | None | Missing:
+        """The cached value of `key` without waiting, or MISSING: then `get` it.
+
+        Raises:
+            RedisUnavailable: Redis is unreachable.
+        """
+        if not self._link.up.is_set():
+            raise RedisUnavailable(self._link.cause or "not connected to Redis")
+        return self._values.get(key.encode(), MISSING)
 
     def forget(self, key: str) -> None:
         """Drop `key` from the cache (this process just wrote it)."""
