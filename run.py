@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import sys
 
 from aiohttp import web
 
 from server.app import make_app
 from server.config import parse_settings
+from server.workers import Supervisor
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     settings = parse_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = os.environ.get("WORKER")  # set by the supervisor: its log lines name the worker
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s " + (f"[worker {worker}] " if worker else "")
+                        + "%(name)s: %(message)s")
+    if settings.workers > 1:
+        command = [sys.executable, os.path.abspath(__file__), *argv, "--workers", "1", "--reuse-port"]
+        sys.exit(Supervisor(command, settings.workers).run())
     try:
         app = make_app(settings)
     except ValueError as exc:  # a bad SESSION_KEY, for one
@@ -24,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     # A backlog of 4096 (the kernel caps it at net.core.somaxconn): a reconnect storm of
     # thousands of clients waits in the kernel's queue instead of retrying dropped SYNs.
     web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=10, backlog=4096, loop=loop,
+                reuse_port=settings.reuse_port or None,
                 print=lambda _: print(f"Serving the demo on http://{settings.host}:{settings.port}/ "
                                       f"(sessions in {'Redis' if settings.redis_url else 'cookies'}, "
                                       f"{type(loop).__module__.split('.')[0]} loop); "

@@ -33,6 +33,8 @@ class Settings:
     heartbeat: float = 25.0
     log_level: str = "info"
     loop: str = "auto"  # auto (uvloop when installed), asyncio, uvloop
+    workers: int = 1
+    reuse_port: bool = False  # set by the supervisor of --workers for each worker
     session_check_interval: float = 15.0
     rate_limit: float = 100.0
     rate_limit_bytes: float = 64 << 10
@@ -93,6 +95,10 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    help="SECURE_COOKIES=1: mark the session cookie Secure (when served over HTTPS)")
     p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=env("HEARTBEAT", str(d.heartbeat)),
                    help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
+    p.add_argument("--workers", type=int, metavar="N", default=env("WORKERS", str(d.workers)),
+                   help="WORKERS: processes serving one port (SO_REUSEPORT), restarted when one dies; "
+                        "more than 1 needs --redis (%(default)s)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=env("LOOP", d.loop),
                    help="LOOP: the event loop; auto takes uvloop when it is installed "
                         "(pip install '.[speed]') (%(default)s)")
@@ -124,6 +130,11 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                         "room sizes after this long (%(default)s)")
     args = p.parse_args(argv)
 
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    if args.workers > 1 and not args.redis_url:
+        p.error(f"--workers {args.workers} needs --redis: without Redis, nothing would carry sessions, "
+                "logouts, rooms and emits from one worker to the others")
     if args.redis_timeout <= 0:
         p.error("--redis-timeout must be more than 0 seconds")
     if args.redis_url:
@@ -153,6 +164,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         secure_cookies=args.secure_cookies,
         heartbeat=args.heartbeat,
         log_level=args.log_level,
+        workers=args.workers,
+        reuse_port=args.reuse_port,
         loop=args.loop,
         session_check_interval=args.session_check_interval,
         rate_limit=args.rate_limit,

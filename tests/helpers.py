@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,6 +155,8 @@ class RunPy:
         self.cwd = cwd
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
+        self._watchers: list[tuple[re.Pattern[str], asyncio.Future[re.Match[str]]]] = []
+        self._lock = threading.Lock()
 
     async def __aenter__(self) -> "RunPy":
         self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, text=True,
@@ -164,7 +167,12 @@ class RunPy:
         def read() -> None:
             # Read the whole time: a server whose output pipe is full stops in its next log line.
             for line in self.process.stdout:  # type: ignore[union-attr]
-                self.output.append(line)
+                with self._lock:
+                    self.output.append(line)
+                    for pattern, waiter in self._watchers:
+                        match = pattern.search(line)
+                        if match:
+                            loop.call_soon_threadsafe(lambda w=waiter, m=match: w.done() or w.set_result(m))
                 if line.startswith("Serving the demo on") and not ready.done():
                     loop.call_soon_threadsafe(ready.set_result, None)
             loop.call_soon_threadsafe(lambda: ready.done() or ready.set_exception(
@@ -185,6 +193,22 @@ class RunPy:
 
     def log(self) -> str:
         return "".join(self.output)
+
+    async def line(self, pattern: str, timeout: float = TIMEOUT, since: int = 0) -> re.Match[str]:
+        """The first line of the output (so far, or to come) that matches `pattern`; with
+        `since`, among the lines after the first `since` ones (`len(run.output)` earlier)."""
+        regex = re.compile(pattern)
+        waiter: asyncio.Future[re.Match[str]] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            for line in self.output[since:]:
+                if match := regex.search(line):
+                    return match
+            self._watchers.append((regex, waiter))
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            with self._lock:
+                self._watchers.remove((regex, waiter))
 
     async def __aexit__(self, *exc: object) -> None:
         if self.process.poll() is None:
