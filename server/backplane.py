@@ -52,6 +52,13 @@ class Backplane(ABC):
     async def publish(self, message: Message) -> None:
         """Deliver `message` to every hub, this one included."""
 
+    async def listen(self, room: str) -> None:
+        """Make sure this process gets the messages of `room` from now on (a socket of it
+        entered the room); returns once it does."""
+
+    def unlisten(self, room: str) -> None:
+        """This process has no socket in `room` any more: its messages may stop coming."""
+
     @abstractmethod
     async def joined(self, room: str, socket_id: str) -> None:
         """Record that a socket of this process joined `room`."""

@@ -186,6 +186,8 @@ class Hub:
                 log.exception("on_closed hook %s failed on socket %s", _name(hook), socket.id)
         self.sockets.pop(socket.id, None)
         for room in self.rooms.remove(socket):
+            if not self.rooms.count(room):
+                self.backplane.unlisten(room)
             if not room.startswith(PRIVATE_PREFIXES):
                 await self.backplane.left(room, socket.id)
 
@@ -223,7 +225,7 @@ class Hub:
 
     async def leave(self, socket: Socket, room: str) -> None:
         _check_room(room)
-        if self.rooms.discard(room, socket):
+        if self._discard(room, socket):
             await self.backplane.left(room, socket.id)
 
     async def count(self, room: str) -> int:
@@ -231,13 +233,25 @@ class Hub:
         return await self.backplane.count(room)
 
     async def _join(self, socket: Socket, room: str) -> None:
-        # Private rooms are never counted, so they cost the backplane nothing.
-        if self.rooms.add(room, socket) and not room.startswith(PRIVATE_PREFIXES):
-            try:
+        if not self.rooms.add(room, socket):
+            return
+        try:
+            # Every join waits until the room's messages reach this process (the first one
+            # of a room subscribes; the others may be waiting for that), so nothing emitted
+            # after its ack can miss the socket. Private rooms are never counted.
+            await self.backplane.listen(room)
+            if not room.startswith(PRIVATE_PREFIXES):
                 await self.backplane.joined(room, socket.id)
-            except Exception:
-                self.rooms.discard(room, socket)
-                raise
+        except Exception:
+            self._discard(room, socket)
+            raise
+
+    def _discard(self, room: str, socket: Socket) -> bool:
+        if not self.rooms.discard(room, socket):
+            return False
+        if not self.rooms.count(room):
+            self.backplane.unlisten(room)
+        return True
 
     # -- emitting (from handlers, HTTP routes, anywhere) ---------------------------------
 

@@ -2,7 +2,13 @@
 
 Every emit and disconnect is delivered to this process's sockets at once and published
 for the other processes, which skip their own messages (each carries its instance id), so
-every target socket gets it exactly once. Publishes and the subscription share the
+every target socket gets it exactly once. A message travels on its room's own channel
+(`<prefix>r:<room>`; emits to everyone on `<prefix>all`), and a process subscribes to the
+channel of a room only while it has sockets in it (the session and user rooms included):
+a process receives what it delivers, not the whole deployment's traffic. A join returns
+once the room's subscription is in place, so nothing emitted after its ack is missed. A
+room's channel stays subscribed for `linger` seconds after its last local socket left:
+the tab that reloads rejoins it at no cost. Publishes and the subscription share the
 process's `RedisLink`: a publish waits in its pipeline whatever the load, and is lost only
 when Redis is unreachable (the message then reaches this process's sockets only; counted
 in `local_only` and logged, at most every 10 s). Messages from one process arrive in the
@@ -35,12 +41,17 @@ log = logging.getLogger(__name__)
 
 
 class RedisBackplane(Backplane):
-    def __init__(self, link: RedisLink, *, prefix: str = "ws:", ttl: float = 10.0) -> None:
+    def __init__(self, link: RedisLink, *, prefix: str = "ws:", ttl: float = 10.0, linger: float = 10.0) -> None:
         self.link = link
         self.instance = secrets.token_hex(8)
         self.ttl = ttl
+        self.linger = linger
         self.local_only = 0  # messages that could not be published (Redis unreachable)
-        self._channel = prefix + "bus"
+        self._channel = prefix + "all"
+        self._room_prefix = prefix + "r:"
+        self._subscribed: set[str] = set()  # rooms whose channel Redis has confirmed
+        self._subscribing: dict[str, asyncio.Task[None]] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._rooms_key = prefix + "room:"
         self._instance_prefix = prefix + "instance:"
         self._instance_key = self._instance_prefix + self.instance
@@ -72,6 +83,8 @@ class RedisBackplane(Backplane):
             pass  # subscribed when the link connects
 
     async def stop(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -83,10 +96,49 @@ class RedisBackplane(Backplane):
     async def publish(self, message: Message) -> None:
         assert self._deliver is not None, "the backplane is not started"
         await self._deliver(message)
+        channel = self._channel if message.room is None else self._room_prefix + message.room
         try:
-            await self.link.call("PUBLISH", self._channel, _encode(self.instance, message))
+            await self.link.call("PUBLISH", channel, _encode(self.instance, message))
         except (RedisUnavailable, ReplyError) as exc:
             self._lost(message, exc)
+
+    @property
+    def subscribed(self) -> frozenset[str]:
+        """The rooms whose messages reach this process now."""
+        return frozenset(self._subscribed)
+
+    async def listen(self, room: str) -> None:
+        timer = self._lingering.pop(room, None)
+        if timer is not None:
+            timer.cancel()
+        if room in self._subscribed:
+            return
+        task = self._subscribing.get(room)
+        if task is None:
+            task = self._subscribing[room] = asyncio.create_task(self._subscribe(room))
+        try:
+            await asyncio.shield(task)  # another join may be waiting for the same subscription
+        except RedisUnavailable:
+            raise Unavailable("rooms are unavailable while Redis is unreachable") from None
+
+    def unlisten(self, room: str) -> None:
+        if room not in self._lingering:
+            self._lingering[room] = asyncio.get_running_loop().call_later(self.linger, self._drop, room)
+
+    async def _subscribe(self, room: str) -> None:
+        try:
+            await self.link.subscribe(self._room_prefix + room, self._received)
+            self._subscribed.add(room)
+        finally:
+            del self._subscribing[room]
+
+    def _drop(self, room: str) -> None:
+        self._lingering.pop(room, None)
+        assert self._rooms is not None
+        if self._rooms.count(room) or room in self._subscribing:
+            return  # joined again meanwhile
+        self._subscribed.discard(room)
+        self.link.unsubscribe(self._room_prefix + room)
 
     async def joined(self, room: str, socket_id: str) -> None:
         await self._sync(room)

@@ -267,6 +267,12 @@ class RedisLink:
         protocol.send(encode_command("SUBSCRIBE", name), answered=False)
         await protocol.send(_PING)  # answered after the subscription is in place
 
+    def unsubscribe(self, channel: str | bytes) -> None:
+        """Stop handing messages of `channel` on (at once; Redis stops sending them soon)."""
+        name = channel.encode() if isinstance(channel, str) else channel
+        if self._channels.pop(name, None) is not None and self._protocol is not None:
+            self._protocol.send(encode_command("UNSUBSCRIBE", name), answered=False)
+
     # -- connecting -------------------------------------------------------------------
 
     async def _run(self) -> None:
