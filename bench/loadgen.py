@@ -370,7 +370,13 @@ async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str,
     async with client_session() as session:
         await proto.setup(session, bases[0])
         # Socket i goes to server i % len(bases): the sender, socket 0, to the first one.
-        sockets = await connect_many(n, lambda i: proto.connect(session, bases[i % len(bases)]))
+        # With --room-on-first every member is on the first server, and the others hold
+        # --bystanders sockets each, in another room: what do they spend on this room?
+        spread = 1 if args.room_on_first else len(bases)
+        sockets = await connect_many(n, lambda i: proto.connect(session, bases[i % spread]))
+        bystanders = await connect_many(args.bystanders * (len(bases) - 1),
+                                        lambda i: proto.connect(session, bases[1 + i % (len(bases) - 1)])) \
+            if args.room_on_first and len(bases) > 1 else []
 
         async def join(ws: aiohttp.ClientWebSocketResponse) -> None:
             await ws.send_str(proto.join(1, room))
@@ -385,6 +391,10 @@ async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str,
                 await join(ws)
 
         await asyncio.gather(*(join_limited(ws) for ws in sockets))
+        for ws in bystanders:
+            await ws.send_str(proto.join(1, "elsewhere"))
+            if proto.classify(await recv_text(ws, proto)) != (ACK, 1):
+                raise ScenarioError("a bystander's join was not acked")
 
         delivered = 0
         target = 0
@@ -443,9 +453,15 @@ async def fanout(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str,
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+        for ws in bystanders:
+            await ws.close()
     # Closing 1,000 sockets one handshake at a time takes long: leaving the session aborts them.
-    return {**meter.figures(units, latencies), "unit": "delivery", "connections": n,
-            "messages": messages, "servers": len(bases), "latency_of": "send -> all deliveries and the ack"}
+    figures = meter.figures(units, latencies)
+    figures["server_cpu_per_message_by_pid"] = {
+        pid: cpu / messages if messages else None for pid, cpu in figures["server_cpu_per_pid"].items()}
+    return {**figures, "unit": "delivery", "connections": n, "messages": messages, "servers": len(bases),
+            "room_on_first": args.room_on_first, "bystanders": len(bystanders),
+            "latency_of": "send -> all deliveries and the ack"}
 
 
 class FreshCookies:
@@ -639,6 +655,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
     p.add_argument("--fresh-cookies", action="store_true",
                    help="handshake, cookie storage: a new cookie (same session) for every handshake")
+    p.add_argument("--room-on-first", action="store_true",
+                   help="fanout: every member on the first --url; the others hold --bystanders sockets in another room")
+    p.add_argument("--bystanders", type=int, default=50, help="fanout --room-on-first: sockets per other server")
     p.add_argument("--own-sessions", action="store_true",
                    help="echo, handshake (proto ours): a login, so a session, per connection (or loop)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",

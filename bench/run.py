@@ -99,10 +99,12 @@ class Server:
     loadgen_args: tuple[str, ...] = ()  # what the load generator does differently for this row
     read_limits: bool = False  # ours: keep the server's default read budgets (else NO_READ_LIMITS)
     loop: str = "asyncio"  # ours: run.py --loop (the references run on asyncio's loop)
+    workers: int = 1  # ours: run.py --workers (one port)
 
     def command(self, port: int, redis_url: str | None) -> list[str]:
         if self.kind == "ours":
-            cmd = [python(), "run.py", "--port", str(port), "--log-level", self.log_level, "--loop", self.loop]
+            cmd = [python(), "run.py", "--port", str(port), "--log-level", self.log_level, "--loop", self.loop,
+                   "--workers", str(self.workers)]
             return cmd + (["--redis", redis_url] if self.redis and redis_url else [])
         cold = ["--cold-allocator"] if self.cold_allocator else []
         if self.kind in ("raw", "rawstr", "rawsession"):
@@ -129,6 +131,10 @@ SERVERS = {s.key: s for s in [
     Server("rawstr", "raw aiohttp, no JSON (echoes the string)", "rawstr", "rawstr"),
     Server("raw-session", "aiohttp + aiohttp-session cookie sessions, no library", "ours", "rawsession"),
     Server("sio", "python-socketio AsyncServer", "sio", "sio"),
+    Server("ours-workers2", "ours, run.py --workers 2 on one port, Redis backplane (both on core 0)", "ours", "ours",
+           redis=True, workers=2),
+    Server("ours-4proc", "ours x4 processes, Redis backplane, every member of the room on the first", "ours",
+           "ours", redis=True, processes=4, loadgen_args=("--room-on-first", "--bystanders", "50")),
     Server("ours-soak", "ours x2 processes, Redis with an append-only file", "ours", "ours", redis=True,
            processes=2),
     Server("ours-budgets", "ours, cookie storage, the server's default read budgets", "ours", "ours",
@@ -140,6 +146,7 @@ SERVERS = {s.key: s for s in [
 class Running:
     server: Server
     children: list[Child]
+    workers: list[int] = field(default_factory=list)  # with --workers: the processes that serve
 
     @property
     def urls(self) -> list[str]:
@@ -147,7 +154,7 @@ class Running:
 
     @property
     def pids(self) -> list[int]:
-        return [c.pid for c in self.children]
+        return self.workers or [c.pid for c in self.children]
 
     def alive(self) -> bool:
         return all(c.process.poll() is None for c in self.children)
@@ -186,12 +193,12 @@ class Group:
 GROUPS = [
     Group("echo", "(a), (b) echo with ack: 50 connections ping-ponging", "echo",
           {"a": ("ours", "raw", "raw-cold", "rawstr", "sio", "ours-uvloop"),
-           "b": ("ours-redis", "ours-redis-own", "raw", "ours-redis-uvloop")}, 50, 50,
-          order=("ours", "raw", "ours-redis-own", "ours-redis", "ours-uvloop", "ours-redis-uvloop", "raw-cold",
-                 "rawstr", "sio")),
+           "b": ("ours-redis", "ours-redis-own", "raw", "ours-redis-uvloop", "ours-workers2")}, 50, 50,
+          order=("ours", "raw", "ours-redis-own", "ours-redis", "ours-uvloop", "ours-redis-uvloop", "ours-workers2",
+                 "raw-cold", "rawstr", "sio")),
     Group("fanout", "(c), (f) fan-out: one room of 1,000 sockets", "fanout",
-          {"c": ("ours", "raw", "sio"), "f": ("ours-2proc", "ours", "raw")}, 1000, 200,
-          order=("ours", "raw", "ours-2proc", "sio")),
+          {"c": ("ours", "raw", "sio"), "f": ("ours-2proc", "ours", "raw", "ours-workers2")}, 1000, 200,
+          order=("ours", "raw", "ours-2proc", "ours-workers2", "sio")),
     Group("handshake", "(d) handshakes: upgrade -> first frame -> close, 10 loops", "handshake",
           {"d": ("ours", "ours-fresh", "ours-redis", "ours-redis-own", "ours-info", "raw", "raw-session", "sio",
                  "ours-uvloop", "ours-redis-uvloop")}, 10, 10,
@@ -211,10 +218,12 @@ GROUPS = [
     # Points (flood sizes, attacker sockets) measured in turns on one server each (bench/attacks.py).
     Group("logins", "(i) login flood: a bystander's echoes while 0, 16 and 64 clients fail to log in", "logins",
           {"i": ("ours", "ours-redis")}, 64, 64, max_rounds=3, order=("ours", "ours-redis")),
+    Group("isolation", "(k) per-room channels: a room of {n} sockets busy on one of 4 processes", "fanout",
+          {"k": ("ours-4proc",)}, 200, 100, max_rounds=3, order=("ours-4proc",)),
     Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
           "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
-LETTERS = "abcdefghij"
+LETTERS = "abcdefghijk"
 ATTACKS = ("logins", "frames")
 
 
@@ -246,7 +255,27 @@ def start_server(procs: Processes, server: Server, redis_url: str | None, env: d
                                     core=SERVER_CORE, env=env, port=port, unset=unset))
     for child in children:
         wait_http(child)
-    return Running(server, children)
+    workers: list[int] = []
+    if server.workers > 1:  # measure the workers, not the supervisor that only watches them
+        deadline = time.monotonic() + 30
+        while len(workers := _children(children[0].pid)) < server.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server.key}: {len(workers)} of {server.workers} workers started")
+            time.sleep(0.1)
+    return Running(server, children, workers)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
 
 
 def stop_server(procs: Processes, running: Running) -> None:
@@ -499,6 +528,13 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                    "echo", "ours-redis", "raw", "raw aiohttp JSON echo", 1.1)
         cpu_target("b", "echo with ack, Redis storage, a session per socket, reload before every message",
                    "echo", "ours-redis-own", "raw", "raw aiohttp JSON echo", 1.1)
+        two, one = get("echo", "ours-workers2"), get("echo", "ours-redis")
+        if two and one:
+            rounds = _per_round_ratios(two, one)
+            out.append(Target("b", "echo, run.py --workers 2 on one port: CPU per message, both workers",
+                              f"{_us(two.cpu)}/message", f"ours, Redis, one process: {_us(one.cpu)}/message",
+                              _median(rounds) if rounds else _ratio(two.cpu, one.cpu), "(no target)", None,
+                              rounds=rounds))
     if "c" in letters:
         ours, ref = get("fanout", "ours"), get("fanout", "raw")
         if ours and ref:
@@ -552,6 +588,28 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
             out.append(Target("f", "fan-out across 2 processes through Redis: CPU per delivery, both processes",
                               f"{_us(two.cpu)}/delivery", f"ours, one process (c): {_us(one.cpu)}/delivery",
                               ratio, "(no target)", None, rounds=rounds))
+        workers = get("fanout", "ours-workers2")
+        if workers and one:
+            rounds = _per_round_ratios(workers, one)
+            out.append(Target("f", "fan-out, run.py --workers 2 on one port: CPU per delivery, both workers",
+                              f"{_us(workers.cpu)}/delivery", f"ours, one process (c): {_us(one.cpu)}/delivery",
+                              _median(rounds) if rounds else _ratio(workers.cpu, one.cpu), "(no target)", None,
+                              rounds=rounds))
+    if "k" in letters:
+        four = get("isolation", "ours-4proc")
+        if four and four.ok:
+            def by_pid(run: dict[str, Any]) -> list[float]:
+                return [v or 0.0 for v in run["server_cpu_per_message_by_pid"].values()]
+            receiver = _median([by_pid(r)[0] for r in four.ok])
+            others = [_median([by_pid(r)[i] for r in four.ok]) for i in (1, 2, 3)]
+            worst = max(o or 0.0 for o in others)
+            ratio = _ratio(worst, receiver)
+            passed = None if ratio is None else ratio <= 0.02
+            out.append(Target("k", "a busy room on one of 4 processes: CPU per message of each of the other three "
+                                   "(50 sockets each, in another room), beside the receiver's",
+                              ", ".join(_us(o) for o in others), f"the receiver (200 members): {_us(receiver)}",
+                              ratio, "<= 0.02x", passed,
+                              "" if passed in (None, True) else f"the busiest other spent {ratio:.1%}"))
     if "g" in letters:
         for group in (g for g in GROUPS if g.loadgen == "storm"):
             for key in ("ours", "ours-redis"):
