@@ -38,6 +38,7 @@ from .resp import Push, ReplyError, encode_command, parse_reply
 log = logging.getLogger(__name__)
 
 _PING = encode_command("PING")
+_ROLE = encode_command("ROLE")
 # The loop ran this much later than a liveness check was due: it was busy, not Redis
 # silent, so the check looks again shortly instead of dropping the connection.
 _LAG_GRACE = 0.1
@@ -49,7 +50,8 @@ class RedisUnavailable(Exception):
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where Redis is, from a `redis://`, `rediss://` (TLS) or `unix://` URL."""
+    """Where Redis is, from a `redis://`, `rediss://` (TLS), `unix://` or
+    `redis+sentinel://` URL."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -59,15 +61,21 @@ class RedisAddress:
     password: str | None = None
     tls: bool = False
     tls_ca: str | None = None  # a CA file to verify Redis's certificate with (else the system's)
+    # Sentinel: the master of `service`, as these Sentinels (host, port) name it now.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
         """Parse `redis://[[user]:password@]host[:port][/db]`, `rediss://...[?ssl_ca_certs=FILE]`
-        (TLS), `unix:///path[?db=N]`.
+        (TLS), `unix:///path[?db=N]`, `redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`
+        (the password is the master's; Sentinels are asked without one).
 
         Raises:
             ValueError: not such a URL.
         """
+        if url.startswith("redis+sentinel://"):
+            return cls._sentinel_url(url)
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         try:
@@ -87,7 +95,31 @@ class RedisAddress:
             raise ValueError(f"not a Redis URL: {url!r} (expected redis://host[:port][/db], "
                              "rediss://... for TLS, or unix:///path/to/socket)") from None
 
+    @classmethod
+    def _sentinel_url(cls, url: str) -> RedisAddress:
+        rest = url[len("redis+sentinel://"):]
+        netloc, _, path = rest.partition("/")
+        userinfo, _, hosts = netloc.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        names = [p for p in path.split("/") if p]
+        try:
+            sentinels = []
+            for item in hosts.split(","):
+                host, _, port = item.rpartition(":")
+                sentinels.append((host.strip("[]") or "127.0.0.1", int(port)))
+            if not names or len(names) > 2 or not sentinels:
+                raise ValueError
+            db = int(names[1]) if len(names) == 2 else 0
+        except ValueError:
+            raise ValueError(f"not a Sentinel URL: {url!r} (expected redis+sentinel://host:port[,host:port...]"
+                             "/service[/db])") from None
+        return cls(sentinels=tuple(sentinels), service=unquote(names[0]), db=db,
+                   username=_unquoted(username), password=_unquoted(password))
+
     def __str__(self) -> str:  # for logs: never the password
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"redis+sentinel://{hosts}/{self.service}/{self.db}"
         if self.path is not None:
             return f"unix://{self.path}?db={self.db}"
         return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
@@ -160,6 +192,9 @@ class _Protocol(asyncio.Protocol):
             if isinstance(value, ReplyError):
                 if not future.done():
                     future.set_exception(value)
+                if link.address.sentinels and str(value).startswith("READONLY"):
+                    link._down(self, "Redis answered as a replica (a failover): asking the Sentinels again")
+                    return
                 continue
             if on_reply is not None:
                 on_reply(value)
@@ -199,6 +234,7 @@ class RedisLink:
         self._down_since: float | None = None
         self._logged_at = 0.0
         self._closing = False
+        self.replicas = 0  # Sentinel mode: the replicas the master has, at the last look
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisLink:
@@ -303,11 +339,12 @@ class RedisLink:
         loop = asyncio.get_running_loop()
         a = self.address
         async with asyncio.timeout(self.timeout):
+            host, port = (await self._ask_sentinels()) if a.sentinels else (a.host, a.port)
             if a.path is not None:
                 _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), a.path)
             else:
                 _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self), a.host, a.port,
+                    lambda: _Protocol(self), host, port,
                     ssl=ssl.create_default_context(cafile=a.tls_ca) if a.tls else None)
             try:
                 hello: list[str] = ["HELLO", "3"]
@@ -320,13 +357,50 @@ class RedisLink:
                     replies.append(protocol.send(encode_command("CLIENT", "TRACKING", "ON")))
                 for channel in self._channels:
                     protocol.send(encode_command("SUBSCRIBE", channel), answered=False)
-                replies.append(protocol.send(_PING))
-                await asyncio.gather(*replies)
+                replies.append(protocol.send(_ROLE if a.sentinels else _PING))
+                done = await asyncio.gather(*replies)
+                if a.sentinels:
+                    self._check_role(done[-1], f"{host}:{port}")
             except BaseException:
                 if protocol.transport is not None:
                     protocol.transport.abort()
                 raise
         return protocol
+
+    async def _ask_sentinels(self) -> tuple[str, int]:
+        """The address of the current master, from the first Sentinel that answers."""
+        causes = []
+        for host, port in self.address.sentinels:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                causes.append(f"Sentinel {host}:{port}: {exc.strerror or exc}")
+                continue
+            try:
+                writer.write(encode_command("SENTINEL", "get-master-addr-by-name", self.address.service or ""))
+                buf = b""
+                while (parsed := parse_reply(buf, 0)) is None:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        raise ConnectionError("the Sentinel closed the connection")
+                    buf += chunk
+                reply = parsed[0]
+            except (OSError, ValueError) as exc:
+                causes.append(f"Sentinel {host}:{port}: {exc}")
+                continue
+            finally:
+                writer.close()
+            if isinstance(reply, list) and len(reply) == 2:
+                return reply[0].decode(), int(reply[1])
+            causes.append(f"Sentinel {host}:{port} knows no master {self.address.service!r}")
+        raise RedisUnavailable("; ".join(causes) or "no Sentinel")
+
+    def _check_role(self, role: Any, where: str) -> None:
+        """Sentinel mode: the link must talk to the master (a replica's reads lag, and its
+        invalidations come too late for the reload guarantee)."""
+        if not (isinstance(role, list) and role and role[0] == b"master"):
+            raise RedisUnavailable(f"{where} is not the master (a failover is under way)")
+        self.replicas = len(role[2]) if len(role) > 2 and isinstance(role[2], list) else 0
 
     def _note_down(self, cause: str) -> None:
         # Logged once when Redis becomes unreachable, then every 10 s while it stays so.
@@ -346,10 +420,19 @@ class RedisLink:
         if protocol is None:
             return
         loop = asyncio.get_running_loop()
-        pong = protocol.send(_PING)
+        if self.address.sentinels:  # after a failover the old master answers PING as a replica
+            pong = protocol.send(_ROLE, on_reply=lambda role: self._still_master(protocol, role))
+        else:
+            pong = protocol.send(_PING)
         pong.add_done_callback(_retrieve)
         loop.call_later(self.timeout, self._check, protocol, pong, loop.time() + self.timeout)
         self._ticker = loop.call_later(self.timeout / 3, self._tick)
+
+    def _still_master(self, protocol: _Protocol, role: Any) -> None:
+        try:
+            self._check_role(role, str(self.address))
+        except RedisUnavailable as exc:
+            self._down(protocol, str(exc))  # reconnects, asking the Sentinels again
 
     def _check(self, protocol: _Protocol, pong: asyncio.Future[Any], due: float) -> None:
         if pong.done() or protocol is not self._protocol:

@@ -29,6 +29,9 @@ from .sessions import COOKIE_DEFAULTS, DAY, SessionBridge, SessionHandle, ended,
 
 log = logging.getLogger(__name__)
 
+# How long a logout waits for a replica to have it, with Sentinel (milliseconds).
+REPLICA_WAIT_MS = 50
+
 T = TypeVar("T")
 
 # A write of a session that already has a key stores it only if the key is still there:
@@ -323,6 +326,23 @@ class RedisSessionBridge(SessionBridge):
         key = self._key_of(session)
         if key is not None:
             await self._store.write("DEL", key, key=key)
+            if self.link.address.sentinels:
+                await self._replicated()
+
+    async def _replicated(self) -> None:
+        # With Sentinel, a logout (or the end of a session replaced at login) must outlive
+        # a failover: it waits until a replica has it. WAIT holds up the link's other
+        # commands meanwhile, so it is short, and skipped when the master has no replica.
+        if not self.link.replicas:
+            log.warning("a logout reached no replica (the master has none connected): "
+                        "a failover now would undo it")
+            return
+        try:
+            acked = await self.link.call("WAIT", 1, REPLICA_WAIT_MS)
+        except (RedisUnavailable, ReplyError):
+            return  # the link is down: nothing more to do
+        if not acked:
+            log.warning("a logout reached no replica within %d ms: a failover now would undo it", REPLICA_WAIT_MS)
 
     def _replace(self, handle: SessionHandle, raw: bytes | None) -> Session:
         if raw is None:
