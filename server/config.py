@@ -76,8 +76,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     p.add_argument("--host", default=env("HOST", d.host), help="HOST: interface to listen on (%(default)s)")
     p.add_argument("--port", type=int, default=env("PORT", str(d.port)), help="PORT (%(default)s)")
     p.add_argument("--redis", dest="redis_url", metavar="URL", default=env("REDIS_URL") or None,
-                   help="REDIS_URL: keep sessions in Redis (e.g. redis://127.0.0.1:6379/0); "
-                        "unset: encrypted cookies")
+                   help="REDIS_URL: keep sessions in Redis (e.g. redis://127.0.0.1:6379/0, or through "
+                        "Sentinel: redis+sentinel://host:26379,host:26380/mymaster/0); unset: encrypted cookies")
     p.add_argument("--redis-timeout", type=float, metavar="SECONDS",
                    default=env("REDIS_TIMEOUT", str(d.redis_timeout)),
                    help="REDIS_TIMEOUT: Redis counts as unreachable when it does not answer a ping "
