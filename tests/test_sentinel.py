@@ -48,9 +48,10 @@ class SentinelGroup:
 
     def start(self) -> None:
         server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.processes.append(_start([*server, "--port", str(self.master)]))
-        self.processes.append(_start([*server, "--port", str(self.replica),
-                                      "--replicaof", "127.0.0.1", str(self.master)]))
+        for port, extra in ((self.master, []), (self.replica, ["--replicaof", "127.0.0.1", str(self.master)])):
+            folder = self.workdir / str(port)  # a full resync writes an RDB file: each its own folder
+            folder.mkdir()
+            self.processes.append(_start([*server, "--port", str(port), "--dir", str(folder), *extra]))
         _until(lambda: Redis(port=self.replica).info("replication")["master_link_status"] == "up",
                "the replica is in sync")
         sentinel = shutil.which("redis-sentinel")
