@@ -727,7 +727,7 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "times, within a retry budget for the whole run; the quietest attempt is kept; (e) is not "
         "retried).",
         "",
-        "## Targets (issue 5, item 4; issue 8, item 8)",
+        "## Targets (issues 5, 8, 11 and 12)",
         "",
         "Ours and the reference are medians over the rounds; the ratio is the median of the per-round ratios "
         "(each pairs two measurements taken one after the other, which drift least), so it need not equal "
