@@ -12,6 +12,7 @@ from aiohttp import web
 
 from server.app import make_app
 from server.config import parse_settings
+from server.logs import JsonFormatter
 from server.workers import Supervisor
 
 
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s " + (f"[worker {worker}] " if worker else "")
                         + "%(name)s: %(message)s")
+    if settings.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if settings.workers > 1:
         command = [sys.executable, os.path.abspath(__file__), *argv, "--workers", "1", "--reuse-port"]
         sys.exit(Supervisor(command, settings.workers).run())

@@ -33,6 +33,7 @@ class Settings:
     heartbeat: float = 25.0
     log_level: str = "info"
     loop: str = "auto"  # auto (uvloop when installed), asyncio, uvloop
+    log_format: str = "text"  # text, json
     workers: int = 1
     reuse_port: bool = False  # set by the supervisor of --workers for each worker
     session_check_interval: float = 15.0
@@ -95,6 +96,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    help="SECURE_COOKIES=1: mark the session cookie Secure (when served over HTTPS)")
     p.add_argument("--heartbeat", type=float, metavar="SECONDS", default=env("HEARTBEAT", str(d.heartbeat)),
                    help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
+    p.add_argument("--log-format", choices=("text", "json"), default=env("LOG_FORMAT", d.log_format),
+                   help="LOG_FORMAT: text lines, or one JSON object per line (%(default)s)")
     p.add_argument("--workers", type=int, metavar="N", default=env("WORKERS", str(d.workers)),
                    help="WORKERS: processes serving one port (SO_REUSEPORT), restarted when one dies; "
                         "more than 1 needs --redis (%(default)s)")
@@ -167,6 +170,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         workers=args.workers,
         reuse_port=args.reuse_port,
         loop=args.loop,
+        log_format=args.log_format,
         session_check_interval=args.session_check_interval,
         rate_limit=args.rate_limit,
         rate_limit_bytes=args.rate_limit_bytes,

@@ -87,7 +87,7 @@ class WebSocketEndpoint:
         settings = self.settings
         if not origin_allowed(request, settings.allowed_origins):
             log.info("refused upgrade from %s: origin %r is not allowed", request.remote,
-                     request.headers.get("Origin"))
+                     request.headers.get("Origin"), extra={"remote": request.remote, "code": 403})
             raise json_error(web.HTTPForbidden, "forbidden_origin", "this origin may not open a socket here")
         ws = web.WebSocketResponse(
             max_msg_size=settings.max_message_size + 1,  # aiohttp refuses sizes >= its limit
@@ -101,7 +101,8 @@ class WebSocketEndpoint:
             handle = await self.hub.sessions.open(request)
         except Unavailable as exc:
             # Info, not a warning: the cause is logged once per outage by the Redis link.
-            log.info("refused upgrade from %s: session store unavailable", request.remote)
+            log.info("refused upgrade from %s: session store unavailable", request.remote,
+                     extra={"remote": request.remote, "code": 503})
             raise json_error(web.HTTPServiceUnavailable, "unavailable", exc.message) from None
 
         socket = Socket(self.hub, request, handle)
@@ -110,7 +111,8 @@ class WebSocketEndpoint:
         except CloseConnection as exc:
             # Accept, then close: only so can a browser read the code and reason.
             await ws.prepare(request)
-            log.info("refused socket from %s: %s (%d)", request.remote, exc.reason, exc.code)
+            log.info("refused socket from %s: %s (%d)", request.remote, exc.reason, exc.code,
+                     extra={"remote": request.remote, "code": exc.code, "reason": exc.reason})
             await ws.close(code=exc.code, message=exc.reason.encode())
             return ws
 
@@ -118,7 +120,9 @@ class WebSocketEndpoint:
         if user.sockets >= settings.max_sockets_per_user:
             await ws.prepare(request)
             log.info("refused socket from %s: user %s has %d sockets open", request.remote,
-                     socket.user and socket.user.get("id"), user.sockets)
+                     socket.user and socket.user.get("id"), user.sockets,
+                     extra={"remote": request.remote, "user": socket.user and socket.user.get("id"),
+                            "code": int(CloseCode.TOO_MANY_SOCKETS)})
             await ws.close(code=CloseCode.TOO_MANY_SOCKETS, message=b"too many sockets for this user")
             return ws
         # Served here, not in a coroutine of its own: every frame on this task's stack stays
@@ -131,7 +135,9 @@ class WebSocketEndpoint:
             await socket.emit("connected", {"socket": socket.id, "user": socket.user})
             await self.hub._add(socket)
             log.info("socket %s connected: user %s from %s", socket.id,
-                     socket.user and socket.user.get("id"), request.remote)
+                     socket.user and socket.user.get("id"), request.remote,
+                     extra={"socket": socket.id, "user": socket.user and socket.user.get("id"),
+                            "remote": request.remote})
             try:
                 await connection.serve()
                 socket._detach()
@@ -142,7 +148,9 @@ class WebSocketEndpoint:
                 socket._connection_lost(ws.close_code)
                 await self.hub._remove(socket)
                 await connection.stop()
-                log.info("socket %s closed: code %s", socket.id, socket.close_code)
+                log.info("socket %s closed: code %s", socket.id, socket.close_code,
+                         extra={"socket": socket.id, "user": socket.user and socket.user.get("id"),
+                                "code": socket.close_code, "reason": socket.close_reason})
         finally:
             user.sockets -= 1
         return ws
@@ -168,12 +176,14 @@ class WebSocketEndpoint:
         except ReplyError as exc:
             await socket.send_error(exc.code, exc.message, event.id)
         except CloseConnection as exc:
-            log.info("closing socket %s: %s (%d)", socket.id, exc.reason, exc.code)
+            log.info("closing socket %s: %s (%d)", socket.id, exc.reason, exc.code,
+                     extra={"socket": socket.id, "code": exc.code, "reason": exc.reason})
             socket.close_soon(exc.code, exc.reason)
         except SocketClosed:
             pass
         except Exception:
-            log.exception("handler of %r failed on socket %s", event.event, socket.id)
+            log.exception("handler of %r failed on socket %s", event.event, socket.id,
+                          extra={"socket": socket.id, "event": event.event})
             await socket.send_error(ErrorCode.INTERNAL, "the server failed to handle this event", event.id)
 
 

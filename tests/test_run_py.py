@@ -1,6 +1,7 @@
 """`python run.py` as a user starts it: a real process, real sockets, SIGTERM."""
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -131,3 +132,25 @@ async def test_a_client_that_closes_during_a_server_request_leaves_its_rooms_at_
             while (await staying.request("join", {"room": "rx"}))["members"] != 1:
                 assert asyncio.get_running_loop().time() < deadline, "the closed socket is still in its room"
                 await staying.request("leave", {"room": "rx"})
+
+
+async def test_json_logs_carry_the_facts_of_each_line_and_no_secret():
+    async with RunPy("--log-format", "json", env={"SESSION_KEY": Fernet.generate_key().decode()}) as server:
+        async with Browser(server.url) as b:
+            await b.login("alice")
+            socket = await b.socket()
+            await socket.close()
+            await server.line(rf'"message": "socket {socket.id} closed')
+            cookie = b.cookie()
+        async with Browser(server.url) as stranger:
+            await stranger.open()  # no login: refused with 4401
+            await server.line(r'"code": 4401')
+        lines = [json.loads(line) for line in server.output if line.startswith("{")]
+        assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+        connected = next(line for line in lines if line["message"].startswith(f"socket {socket.id} connected"))
+        assert (connected["socket"], connected["user"]) == (socket.id, 1) and connected["remote"] == "127.0.0.1"
+        closed = next(line for line in lines if line["message"].startswith(f"socket {socket.id} closed"))
+        assert (closed["socket"], closed["user"], closed["code"]) == (socket.id, 1, 1000)
+        refused = next(line for line in lines if line.get("code") == 4401)
+        assert refused["reason"] == "login required"
+        assert cookie.split("=", 1)[1] not in server.log()  # never the session's cookie
