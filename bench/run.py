@@ -506,6 +506,16 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
         out.append(Target(letter, what, f"{_us(ours_cpu)}/{unit}", f"{ref_label}: {_us(ref_cpu)}/{unit}",
                           ratio, f"<= {limit:g}x", passed, miss, rounds))
 
+    def comparison(letter: str, what: str, ours: Summary | None, ref: Summary | None, ref_label: str) -> None:
+        """A figure with no target, beside a reference of ours: the ratio of CPU per unit."""
+        if not ours or not ref:
+            return
+        rounds = _per_round_ratios(ours, ref)
+        unit = ours.ok[0]["unit"] if ours.ok else "unit"
+        out.append(Target(letter, what, f"{_us(ours.cpu)}/{unit}", f"{ref_label}: {_us(ref.cpu)}/{unit}",
+                          _median(rounds) if rounds else _ratio(ours.cpu, ref.cpu), "(no target)", None,
+                          rounds=rounds))
+
     def storm_target(group: str, key: str) -> None:
         ours, ref = get(group, key), get(group, "raw")
         if ours is None or not ours.ok:
@@ -528,13 +538,8 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                    "echo", "ours-redis", "raw", "raw aiohttp JSON echo", 1.1)
         cpu_target("b", "echo with ack, Redis storage, a session per socket, reload before every message",
                    "echo", "ours-redis-own", "raw", "raw aiohttp JSON echo", 1.1)
-        two, one = get("echo", "ours-workers2"), get("echo", "ours-redis")
-        if two and one:
-            rounds = _per_round_ratios(two, one)
-            out.append(Target("b", "echo, run.py --workers 2 on one port: CPU per message, both workers",
-                              f"{_us(two.cpu)}/message", f"ours, Redis, one process: {_us(one.cpu)}/message",
-                              _median(rounds) if rounds else _ratio(two.cpu, one.cpu), "(no target)", None,
-                              rounds=rounds))
+        comparison("b", "echo, run.py --workers 2 on one port: CPU per message, both workers",
+                   get("echo", "ours-workers2"), get("echo", "ours-redis"), "ours, Redis, one process")
     if "c" in letters:
         ours, ref = get("fanout", "ours"), get("fanout", "raw")
         if ours and ref:
@@ -581,20 +586,11 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                                   f"{ref_label}: {ref_idle * 1000:.1f} ms/s" if ref_idle is not None else "-",
                                   _ratio(idle, ref_idle), "(no target)", None))
     if "f" in letters:
-        two, one = get("fanout", "ours-2proc"), get("fanout", "ours")
-        if two and one:
-            rounds = _per_round_ratios(two, one)
-            ratio = _median(rounds) if rounds else _ratio(two.cpu, one.cpu)
-            out.append(Target("f", "fan-out across 2 processes through Redis: CPU per delivery, both processes",
-                              f"{_us(two.cpu)}/delivery", f"ours, one process (c): {_us(one.cpu)}/delivery",
-                              ratio, "(no target)", None, rounds=rounds))
-        workers = get("fanout", "ours-workers2")
-        if workers and one:
-            rounds = _per_round_ratios(workers, one)
-            out.append(Target("f", "fan-out, run.py --workers 2 on one port: CPU per delivery, both workers",
-                              f"{_us(workers.cpu)}/delivery", f"ours, one process (c): {_us(one.cpu)}/delivery",
-                              _median(rounds) if rounds else _ratio(workers.cpu, one.cpu), "(no target)", None,
-                              rounds=rounds))
+        one = get("fanout", "ours")
+        comparison("f", "fan-out across 2 processes through Redis: CPU per delivery, both processes",
+                   get("fanout", "ours-2proc"), one, "ours, one process (c)")
+        comparison("f", "fan-out, run.py --workers 2 on one port: CPU per delivery, both workers",
+                   get("fanout", "ours-workers2"), one, "ours, one process (c)")
     if "k" in letters:
         four = get("isolation", "ours-4proc")
         if four and four.ok:

@@ -21,7 +21,7 @@ from aiohttp import WSMessage, WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
 from .errors import BadFrame, CloseConnection, ReplyError, SocketClosed, Unavailable
-from .http_errors import json_error
+from .http_errors import is_websocket_upgrade, json_error
 from .hub import Hub
 from .limits import ReadBudget
 from .origins import origin_allowed
@@ -95,7 +95,7 @@ class WebSocketEndpoint:
             compress=False,  # small JSON frames: compression costs CPU once per recipient
             timeout=settings.close_timeout,
         )
-        if request.headers.get("Upgrade", "").lower() != "websocket":  # the rest is checked by prepare()
+        if not is_websocket_upgrade(request):  # the rest is checked by prepare()
             raise json_error(web.HTTPBadRequest, "bad_request", "expected a websocket upgrade")
         try:
             handle = await self.hub.sessions.open(request)

@@ -137,6 +137,17 @@ async def call(ws: aiohttp.ClientWebSocketResponse, event: str, data: Any = None
     return frame["data"]
 
 
+async def until(probe, what: str, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Call `probe()` until it returns something true; there is no event to await from outside."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,21 +14,10 @@ import time
 
 import aiohttp
 
-from tests.helpers import Browser, FreezableProxy, RunPy, ask, call
+from tests.helpers import Browser, FreezableProxy, RunPy, ask, call, until
 
 TIMEOUT = 1.5  # the default --redis-timeout
 BOUND = TIMEOUT * 4 / 3 + 0.5  # the documented bound, and half a second for a busy test machine
-
-
-async def until(probe, what: str, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    """Call `probe()` until it returns something true; there is no event to await from outside."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_frozen_redis_is_answered_within_the_bound_and_recovers(redis_server):

@@ -16,7 +16,7 @@ from yarl import URL
 import server
 from server.redis_backplane import RedisBackplane
 from server.testing import connect
-from tests.helpers import FreezableProxy
+from tests.helpers import FreezableProxy, until
 
 
 def process(redis_url: str, name: str, linger: float = 0.0,
@@ -52,14 +52,6 @@ async def started(app: web.Application, user: str) -> TestClient:
     return http
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    """Wait for a condition outside this process (Redis's subscriptions), checking often."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "not within the time"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_process_subscribes_only_to_the_rooms_it_has_sockets_in(redis_url):
     name = "t" + uuid.uuid4().hex[:8]
     (app_a, hub_a), (app_b, hub_b) = process(redis_url, name), process(redis_url, name)
@@ -78,7 +70,7 @@ async def test_a_process_subscribes_only_to_the_rooms_it_has_sockets_in(redis_ur
             for n in range(20):
                 await hub_a.emit("chat", n, room="busy")
             await ann.request("leave", "busy")
-            await until(lambda: asyncio.to_thread(lambda: subscribers("busy") == 0))
+            await until(lambda: asyncio.to_thread(lambda: subscribers("busy") == 0), "the unsubscribe")
             # Everyone still means everyone, on every process.
             await hub_a.emit("news", "for all")
             assert (await bob.receive("news")).data == "for all"
@@ -119,7 +111,7 @@ async def test_nothing_published_after_a_join_is_missed_while_subscriptions_come
                 while not seen or seen[-1] < after + 30:
                     seen.append((await bob.receive("tick")).data)
                 await bob.request("leave", "churn")
-                await until(lambda: asyncio.sleep(0, "churn" not in hub_b.backplane.subscribed))
+                await until(lambda: asyncio.sleep(0, "churn" not in hub_b.backplane.subscribed), "the unsubscribe")
                 while True:  # what was on its way before the leave: then nothing more
                     try:
                         seen.append((await bob.receive("tick", timeout=0.2)).data)
