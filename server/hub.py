@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
 from .codes import CloseCode
-from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, UnknownEvent
+from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, Unavailable, UnknownEvent
 from .protocol import EVENT_NAME, Event, encode_event
 from .rooms import Rooms
 from .sessions import SessionBridge, session_tag
@@ -83,7 +83,7 @@ class Hub:
         self._handlers: dict[str, Handler] = {}
         self._middlewares: list[Middleware] = []
         self._connect = list(connect)
-        self._accepted: list[SocketHook] = []
+        self._accepted_hooks: list[SocketHook] = []
         self._closed: list[SocketHook] = []
         self._join_checks: list[JoinCheck] = []
         self._chain: Next = self._call_handler
@@ -130,7 +130,7 @@ class Hub:
         join rooms and emit. Raising CloseConnection closes the socket with that code; any
         other exception is logged and closes it with 1011.
         """
-        self._accepted.append(hook)
+        self._accepted_hooks.append(hook)
         return hook
 
     def on_closed(self, hook: SocketHook) -> SocketHook:
@@ -159,14 +159,23 @@ class Hub:
             await middleware(socket)
 
     async def _add(self, socket: Socket) -> None:
-        """Register an accepted socket, put it in its private rooms, run `on_accepted`."""
+        """Register an accepted socket and put it in its private rooms (before its
+        `connected` frame: what is emitted to its session or user after it reaches it)."""
+        rooms = [room for room in (session_room(socket.session),
+                                   None if socket.user is None else user_room(socket.user["id"])) if room]
+        for room in rooms:
+            # Subscribed first, joined after: nothing reaches the socket before `connected`.
+            try:
+                await self.backplane.listen(room)
+            except Unavailable:
+                pass  # Redis is down: nothing crosses processes now, and the link resubscribes
         self.sockets[socket.id] = socket
-        room = session_room(socket.session)
-        if room is not None:
-            await self._join(socket, room)
-        if socket.user is not None:
-            await self._join(socket, user_room(socket.user["id"]))
-        for hook in self._accepted:
+        for room in rooms:
+            self.rooms.add(room, socket)
+
+    async def _accepted(self, socket: Socket) -> None:
+        """Run the `on_accepted` hooks (after the socket's `connected` frame)."""
+        for hook in self._accepted_hooks:
             try:
                 await hook(socket)
             except CloseConnection as exc:

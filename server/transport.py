@@ -132,8 +132,9 @@ class WebSocketEndpoint:
             await ws.prepare(request)
             connection = _Connection(self, socket, ws, user.budget)
             socket._attach(ws, settings.send_limit, connection)
-            await socket.emit("connected", {"socket": socket.id, "user": socket.user})
             await self.hub._add(socket)
+            await socket.emit("connected", {"socket": socket.id, "user": socket.user})
+            await self.hub._accepted(socket)
             log.info("socket %s connected: user %s from %s", socket.id,
                      socket.user and socket.user.get("id"), request.remote,
                      extra={"socket": socket.id, "user": socket.user and socket.user.get("id"),

@@ -127,3 +127,25 @@ async def test_nothing_published_after_a_join_is_missed_while_subscriptions_come
         await http_a.close()
         await http_b.close()
         await proxy.__aexit__(None, None, None)
+
+
+async def test_a_socket_gets_what_its_user_is_sent_as_soon_as_it_is_connected(redis_url):
+    name = "t" + uuid.uuid4().hex[:8]
+    proxy = FreezableProxy(URL(redis_url).port)  # between B and Redis
+    await proxy.__aenter__()
+    (app_a, hub_a), (app_b, hub_b) = process(redis_url, name), process(str(URL(redis_url).with_port(proxy.port)), name)
+
+    @hub_b.on_connect
+    async def slow_link(socket: server.Socket) -> None:  # B's SUBSCRIBE of the user's room is held up
+        proxy.freeze()
+        asyncio.get_running_loop().call_later(0.2, proxy.thaw)
+
+    http_a, http_b = await started(app_a, "ann"), await started(app_b, "bob")
+    try:
+        async with await connect(http_b) as bob:  # `connected` came: bob is reachable from anywhere
+            await hub_a.emit("note", "at once", room=server.user_room("bob"))
+            assert (await bob.receive("note")).data == "at once"
+    finally:
+        await http_a.close()
+        await http_b.close()
+        await proxy.__aexit__(None, None, None)
