@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         Unavailable,
         UnknownEvent,
     )
+    from .history import HistorySettings, Joined, Position, parse_since
     from .hub import Hub, reload_session, require_user, session_room, user_room
     from .origins import same_origin_middleware
     from .protocol import Event
@@ -73,6 +74,10 @@ _EXPORTS = {
     "Unauthorized": "errors",
     "Unavailable": "errors",
     "UnknownEvent": "errors",
+    "HistorySettings": "history",
+    "Joined": "history",
+    "Position": "history",
+    "parse_since": "history",
     "Hub": "hub",
     "Event": "protocol",
     "reload_session": "hub",
@@ -101,10 +106,13 @@ __all__ = [
     "Event",
     "Forbidden",
     "HUB",
+    "HistorySettings",
     "Hub",
     "InvalidData",
+    "Joined",
     "LimitReached",
     "LoggedOut",
+    "Position",
     "RateLimited",
     "RedisSessionBridge",
     "ReplyError",
@@ -122,6 +130,7 @@ __all__ = [
     "UnknownEvent",
     "json_then",
     "new_key",
+    "parse_since",
     "reload_session",
     "require_user",
     "same_origin_middleware",

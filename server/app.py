@@ -7,10 +7,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .backplane import Backplane, LocalBackplane
 from .config import Settings, load_fernet
 from .cors import setup_cors
 from .demo import setup_demo
 from .headers import security_headers
+from .history import HistorySettings
 from .http_errors import json_errors
 from .hub import Hub
 from .origins import same_origin_middleware
@@ -45,9 +47,11 @@ def make_app(settings: Settings | None = None) -> web.Application:
     app.on_response_prepare.append(security_headers)
     setup_cors(app, settings.allowed_origins)
     app.middlewares.extend([json_errors, same_origin_middleware(settings.allowed_origins)])
-    backplane = None
+    history = HistorySettings(settings.history_size, settings.history_ttl)
+    backplane: Backplane = LocalBackplane(history=history)
     if isinstance(sessions, RedisSessionBridge):  # Redis is both the session store and the backplane
-        backplane = RedisBackplane(sessions.link, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl)
+        backplane = RedisBackplane(sessions.link, prefix=settings.cookie_name + ":ws:", ttl=settings.instance_ttl,
+                                   history=history)
     hub: Hub = setup(app, sessions, backplane=backplane, transport=TransportSettings(
         max_message_size=settings.max_message_size,
         heartbeat=settings.heartbeat or None,

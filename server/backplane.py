@@ -12,14 +12,22 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol, Union
 
+from .history import HistorySettings, MemoryHistory, Position, Replay
+
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """Send `frame` (already serialized) to the sockets of `room` (all if None) but `skip`."""
+    """Send `frame` (already serialized) to the sockets of `room` (all if None) but `skip`.
+
+    With `keep`, the event goes into the room's history: `frame` is then published open
+    (`open_room_event`), and the backplane delivers it completed with its `position`.
+    """
 
     frame: bytes
     room: str | None = None
     skip: str | None = None
+    keep: bool = False
+    position: Position | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,19 @@ class Backplane(ABC):
     async def count(self, room: str) -> int:
         """How many sockets are in `room`, in every process."""
 
+    @property
+    def keeps_history(self) -> bool:
+        """Whether room events can be kept (`Emit.keep`) and replayed (history.py)."""
+        return False
+
+    async def replay(self, room: str, since: Position | None) -> Replay:
+        """The position of `room` now and, after `since`, the events it kept.
+
+        A message of `room` delivered after this returns has a later position than the one
+        returned, unless it was already on its way to this process: the hub drops those.
+        """
+        raise NotImplementedError("this backplane keeps no history")
+
     async def stop(self) -> None:
         """Stop delivering and release resources."""
 
@@ -83,9 +104,10 @@ class Backplane(ABC):
 class LocalBackplane(Backplane):
     """Everything in this process: a publish is a direct call, a count is a set's size."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, history: HistorySettings = HistorySettings()) -> None:
         self._deliver: Deliver | None = None
         self._rooms: LocalRooms | None = None
+        self._history = MemoryHistory(history) if history.enabled else None
 
     async def start(self, deliver: Deliver, rooms: LocalRooms) -> None:
         self._deliver = deliver
@@ -94,7 +116,20 @@ class LocalBackplane(Backplane):
     async def publish(self, message: Message) -> None:
         if self._deliver is None:
             raise RuntimeError("the backplane is not started: call `await hub.start()` first")
+        if type(message) is Emit and message.keep:
+            assert self._history is not None and message.room is not None, "keep needs history and a room"
+            position, frame = self._history.append(message.room, message.frame)
+            message = Emit(frame, message.room, message.skip, True, position)
         await self._deliver(message)
+
+    @property
+    def keeps_history(self) -> bool:
+        return self._history is not None
+
+    async def replay(self, room: str, since: Position | None) -> Replay:
+        if self._history is None:
+            return await super().replay(room, since)
+        return self._history.replay(room, since)
 
     async def joined(self, room: str, socket_id: str) -> None:
         pass

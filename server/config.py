@@ -43,6 +43,8 @@ class Settings:
     max_rooms_per_socket: int = 100
     send_limit: int = 1 << 20
     instance_ttl: float = 10.0
+    history_size: int = 100
+    history_ttl: float = 300.0
     cookie_name: str = "session"
     session_key: str | None = None
     session_key_file: str = ".session_key"
@@ -131,7 +133,14 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    default=env("INSTANCE_TTL", str(d.instance_ttl)),
                    help="INSTANCE_TTL: with --redis, a crashed process's sockets stop counting in "
                         "room sizes after this long (%(default)s)")
+    p.add_argument("--history-size", type=int, metavar="N", default=env("HISTORY_SIZE", str(d.history_size)),
+                   help="HISTORY_SIZE: events kept per room, so a socket that dropped off gets what it "
+                        "missed when it rejoins (%(default)s; 0: no history, no positions)")
+    p.add_argument("--history-ttl", type=float, metavar="SECONDS", default=env("HISTORY_TTL", str(d.history_ttl)),
+                   help="HISTORY_TTL: how long a room event is kept for that (%(default)s; 0: no history)")
     args = p.parse_args(argv)
+    if args.history_size < 0 or args.history_ttl < 0:
+        p.error("--history-size and --history-ttl must be 0 or more")
 
     if args.workers < 1:
         p.error("--workers must be at least 1")
@@ -178,6 +187,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         max_rooms_per_socket=args.max_rooms_per_socket,
         send_limit=args.send_limit,
         instance_ttl=args.instance_ttl,
+        history_size=args.history_size,
+        history_ttl=args.history_ttl,
         session_key=env("SESSION_KEY") or None,
         session_key_file=env("SESSION_KEY_FILE", d.session_key_file),
         users=users,

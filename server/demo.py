@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .codes import CloseCode
 from .errors import Forbidden, InvalidData, RequestFailed
+from .history import parse_since
 from .http_errors import json_error
 from .hub import Hub, session_room, user_room
 from .limits import LoginThrottle, Tarpit
@@ -239,8 +240,9 @@ def setup_demo(app: web.Application, hub: Hub, passwords: Mapping[str, str]) -> 
     @hub.on("join")
     async def join(socket: Socket, data: Any) -> dict[str, Any]:
         room = room_of(data)
-        await socket.join(room)
-        return {"room": room, "members": await hub.count(room)}
+        # With `since`, the room's events the client missed come first (protocol.md, "Recovery").
+        joined = await socket.join(room, since=parse_since(data.get("since")))
+        return {"room": room, "members": await hub.count(room), **joined.ack()}
 
     @hub.on("leave")
     async def leave(socket: Socket, data: Any) -> dict[str, Any]:

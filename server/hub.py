@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from typing import Any, Awaitable, Callable, Iterable
 
 from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
 from .codes import CloseCode
 from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, Unavailable, UnknownEvent
-from .protocol import EVENT_NAME, Event, encode_event
+from .history import Joined, Position
+from .protocol import EVENT_NAME, Event, encode_event, open_room_event
 from .rooms import Rooms
 from .sessions import SessionBridge, session_tag
 from .sockets import Socket
@@ -88,6 +90,9 @@ class Hub:
         self._join_checks: list[JoinCheck] = []
         self._chain: Next = self._call_handler
         self._sweeper: asyncio.Task[None] | None = None
+        # Sockets joining a room with history: its live events wait while the replay is
+        # read and sent, then those the replay had are dropped (room -> socket -> hold).
+        self._holds: dict[str, dict[Socket, _Hold]] = {}
 
     # -- registration ----------------------------------------------------------------
 
@@ -195,6 +200,7 @@ class Hub:
                 log.exception("on_closed hook %s failed on socket %s", _name(hook), socket.id)
         self.sockets.pop(socket.id, None)
         for room in self.rooms.remove(socket):
+            self._release(room, socket)
             if not self.rooms.count(room):
                 self.backplane.unlisten(room)
             if not room.startswith(PRIVATE_PREFIXES):
@@ -211,29 +217,45 @@ class Hub:
 
     # -- rooms -----------------------------------------------------------------------
 
-    async def join(self, socket: Socket, room: str) -> None:
-        """Put `socket` in `room` (idempotent).
+    async def join(self, socket: Socket, room: str, *, since: Position | None = None) -> Joined:
+        """Put `socket` in `room` (idempotent); returns the room's position (protocol.md,
+        "Recovery").
+
+        When the backplane keeps history, the socket gets the room's events after the
+        returned position, none before it. With `since`, the position of the last event
+        the client has (from an earlier socket, or before a gap), the events after it are
+        sent first, in order, if the history still has them all (`recovered`); a member
+        gets them too. No event is sent twice or skipped between those and the live ones.
 
         Raises:
             InvalidData, Forbidden: not a room a socket may join (a private room, or one an
                 `authorize_join` check refused).
             LimitReached: the socket is in `max_rooms_per_socket` rooms already.
+            Unavailable: Redis is unreachable (the socket is not in the room).
         """
         _check_room(room)
         rooms = self.rooms.rooms_of(socket)
-        if room in rooms:
-            return
-        if len(rooms) - _private(rooms) >= self.max_rooms_per_socket:
-            raise LimitReached(f"a socket may be in at most {self.max_rooms_per_socket} rooms; leave one first")
-        for check in self._join_checks:
-            if not await check(socket, room):
-                raise Forbidden(f"you may not join {room!r}")
-        if socket.closed:
-            return  # closed while a check ran: it would never leave the room
-        await self._join(socket, room)
+        member = room in rooms
+        if not member:
+            if len(rooms) - _private(rooms) >= self.max_rooms_per_socket:
+                raise LimitReached(f"a socket may be in at most {self.max_rooms_per_socket} rooms; leave one first")
+            for check in self._join_checks:
+                if not await check(socket, room):
+                    raise Forbidden(f"you may not join {room!r}")
+            if socket.closed:
+                return Joined()  # closed while a check ran: it would never leave the room
+        if not self.backplane.keeps_history:
+            if not member:
+                await self._join(socket, room)
+            return Joined(recovered=None if since is None else False)
+        if member and since is None:
+            # Racing the live events: some before this position may still be on their way.
+            return Joined((await self.backplane.replay(room, None)).position)
+        return await self._catch_up(socket, room, since, member)
 
     async def leave(self, socket: Socket, room: str) -> None:
         _check_room(room)
+        self._release(room, socket)
         if self._discard(room, socket):
             await self.backplane.left(room, socket.id)
 
@@ -255,6 +277,40 @@ class Hub:
             self._discard(room, socket)
             raise
 
+    async def _catch_up(self, socket: Socket, room: str, since: Position | None, member: bool) -> Joined:
+        holds = self._holds.setdefault(room, {})
+        held = holds.get(socket)
+        if held is not None and held.position is None:
+            raise InvalidData(f"this socket is already joining {room!r}: wait for that join's answer")
+        hold = holds[socket] = _Hold()
+        try:
+            if not member:
+                await self._join(socket, room)
+            # Read after the room's messages reach this process: whatever Redis gives a
+            # later position reaches the hold.
+            replay = await self.backplane.replay(room, since)
+        except BaseException:
+            self._release(room, socket, hold)
+            raise
+        for frame in replay.frames:
+            await socket.send_frame(frame)
+        hold.position = position = replay.position
+        while hold.frames:
+            later, frame = hold.frames.popleft()
+            if later.epoch != position.epoch or later.offset > position.offset:
+                hold.position = position = later
+                await socket.send_frame(frame)
+        # The hold stays, dropping what the replay had, until a later event arrives.
+        return Joined(position, replay.recovered, len(replay.frames))
+
+    def _release(self, room: str, socket: Socket, hold: _Hold | None = None) -> None:
+        holds = self._holds.get(room)
+        if holds is None or (hold is not None and holds.get(socket) is not hold):
+            return
+        holds.pop(socket, None)
+        if not holds:
+            del self._holds[room]
+
     def _discard(self, room: str, socket: Socket) -> bool:
         if not self.rooms.discard(room, socket):
             return False
@@ -266,7 +322,18 @@ class Hub:
 
     async def emit(self, event: str, data: Any = None, *, room: str | None = None,
                    skip: Socket | None = None) -> None:
-        """Send an event to every socket in `room` (everyone if None), except `skip`."""
+        """Send an event to every socket in `room` (everyone if None), except `skip`.
+
+        When the backplane keeps history, an event to a public room without `skip` is kept
+        and carries the room and its position (a skipped socket would see a gap).
+
+        Raises:
+            Unavailable: such an event while Redis is unreachable; it was sent to no one.
+        """
+        if (room is not None and skip is None and self.backplane.keeps_history
+                and not room.startswith(PRIVATE_PREFIXES)):
+            await self.backplane.publish(Emit(open_room_event(event, data, room), room, keep=True))
+            return
         frame = encode_event(event, data)  # once per emit, whatever the number of recipients
         await self.backplane.publish(Emit(frame, room, None if skip is None else skip.id))
 
@@ -282,12 +349,30 @@ class Hub:
             targets = self.sockets.values() if message.room is None else self.rooms.members(message.room)
             skip = message.skip
             frame = message.frame
+            holds = None
+            if self._holds and message.position is not None and message.room is not None:
+                holds = self._holds.get(message.room)
             for socket in list(targets):
                 if socket.id != skip:
+                    if holds is not None and socket in holds and self._held(holds, socket, message):
+                        continue
                     await socket.send_frame(frame)
         elif type(message) is Disconnect:
             for socket in list(self.rooms.members(message.room)):
                 socket.close_soon(message.code, message.reason)
+
+    def _held(self, holds: dict[Socket, _Hold], socket: Socket, message: Emit) -> bool:
+        """Whether a joining socket's hold takes this event (kept for later, or dropped as
+        one the replay had); False once it is past the hold, which is then released."""
+        hold = holds[socket]
+        assert message.position is not None and message.room is not None
+        if hold.position is None:
+            hold.frames.append((message.position, message.frame))
+            return True
+        if message.position.epoch == hold.position.epoch and message.position.offset <= hold.position.offset:
+            return True
+        self._release(message.room, socket, hold)
+        return False
 
     # -- running ---------------------------------------------------------------------
 
@@ -315,6 +400,17 @@ class Hub:
                     sockets[id(handle)].close_soon(ended.code, ended.reason)
             except Exception:
                 log.exception("session check failed; retrying in %s s", self.session_check_interval)
+
+
+class _Hold:
+    """The live events of a socket's room while it joins; `position` is set once the
+    replay is sent: the last one the socket has."""
+
+    __slots__ = ("frames", "position")
+
+    def __init__(self) -> None:
+        self.frames: deque[tuple[Position, bytes]] = deque()
+        self.position: Position | None = None
 
 
 def _step(middleware: Middleware, call_next: Next, socket: Socket, event: Event) -> Awaitable[Any]:

@@ -147,6 +147,17 @@ def encode_event(event: str, data: Any = None, id: int | None = None) -> bytes:
     return _encode({"event": event, "data": data, "id": id})
 
 
+def open_room_event(event: str, data: Any, room: str) -> bytes:
+    """An event to a room kept in history, its position left open: `close_room_event`
+    completes it once the position is known (in Redis, a script does the same)."""
+    return _encode({"event": event, "data": data, "room": room, "offset": 0})[:-len(b"0}")]
+
+
+def close_room_event(head: bytes, offset: int, epoch: str) -> bytes:
+    """Complete `open_room_event`'s frame: `..."room":"lobby","offset":42,"epoch":"..."}`."""
+    return b'%s%d,"epoch":"%s"}' % (head, offset, epoch.encode())
+
+
 def encode_ack(id: int, data: Any = None) -> bytes:
     return _encode({"ack": id, "data": data})
 

@@ -34,6 +34,8 @@ import orjson
 
 from .backplane import Backplane, Deliver, Disconnect, Emit, LocalRooms, Message
 from .errors import Unavailable
+from .history import HistorySettings, Position, Replay
+from .redis_history import RedisHistory
 from .redis_link import RedisLink, RedisUnavailable
 from .resp import ReplyError
 
@@ -41,8 +43,10 @@ log = logging.getLogger(__name__)
 
 
 class RedisBackplane(Backplane):
-    def __init__(self, link: RedisLink, *, prefix: str = "ws:", ttl: float = 10.0, linger: float = 10.0) -> None:
+    def __init__(self, link: RedisLink, *, prefix: str = "ws:", ttl: float = 10.0, linger: float = 10.0,
+                 history: HistorySettings = HistorySettings()) -> None:
         self.link = link
+        self._history = RedisHistory(link, prefix, history) if history.enabled else None
         self.instance = secrets.token_hex(8)
         self.ttl = ttl
         self.linger = linger
@@ -95,12 +99,39 @@ class RedisBackplane(Backplane):
 
     async def publish(self, message: Message) -> None:
         assert self._deliver is not None, "the backplane is not started"
-        await self._deliver(message)
         channel = self._channel if message.room is None else self._room_prefix + message.room
+        if type(message) is Emit and message.keep:
+            await self._keep(message, channel)
+            return
+        await self._deliver(message)
         try:
             await self.link.call("PUBLISH", channel, _encode(self.instance, message))
         except (RedisUnavailable, ReplyError) as exc:
             self._lost(message, exc)
+
+    async def _keep(self, message: Emit, channel: str) -> None:
+        # Reaches this process's sockets too through the subscription, after Redis gave it
+        # its position: every process delivers a room's events in the order of their offsets.
+        assert self._history is not None and message.room is not None, "keep needs history and a room"
+        header = orjson.dumps([self.instance, "kept", message.room, message.skip])
+        try:
+            await self._history.append(message.room, channel, header, message.frame)
+        except (RedisUnavailable, ReplyError):
+            # Sent nowhere rather than to some: a room event without a position would be a
+            # gap that no client can see.
+            raise Unavailable("room events cannot be sent while Redis is unreachable") from None
+
+    @property
+    def keeps_history(self) -> bool:
+        return self._history is not None
+
+    async def replay(self, room: str, since: Position | None) -> Replay:
+        if self._history is None:
+            return await super().replay(room, since)
+        try:
+            return await self._history.replay(room, since)
+        except (RedisUnavailable, ReplyError):
+            raise Unavailable("room history is unavailable while Redis is unreachable") from None
 
     @property
     def subscribed(self) -> frozenset[str]:
@@ -202,7 +233,7 @@ class RedisBackplane(Backplane):
         except Exception:
             log.exception("unreadable message on the backplane, dropped")
             return
-        if origin != self.instance:
+        if origin != self.instance or (type(message) is Emit and message.keep):  # kept: not delivered at publish
             self._inbox.put_nowait(message)
 
     async def _pass_on(self, deliver: Deliver) -> None:
@@ -249,4 +280,8 @@ def _decode(raw: bytes) -> tuple[str, Message]:
     fields = orjson.loads(header)
     if fields[1] == "emit":
         return fields[0], Emit(frame, fields[2], fields[3])
+    if fields[1] == "kept":  # the history script added a line: "<offset> <epoch>"
+        line, _, frame = frame.partition(b"\n")
+        offset, epoch = line.split(b" ")
+        return fields[0], Emit(frame, fields[2], fields[3], True, Position(epoch.decode(), int(offset)))
     return fields[0], Disconnect(fields[2], fields[3], fields[4])

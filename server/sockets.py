@@ -11,6 +11,7 @@ from aiohttp import WSMsgType, web
 
 from .codes import CloseCode, ErrorCode
 from .errors import LoggedOut, RequestFailed, RequestTimeout, SocketClosed
+from .history import Joined, Position
 from .protocol import Ack, encode_error, encode_error_ack, encode_event
 from .sessions import SessionHandle
 
@@ -159,9 +160,10 @@ class Socket:
 
     # -- rooms and session -----------------------------------------------------------
 
-    async def join(self, room: str) -> None:
-        """Join `room` (idempotent). Private session and user rooms cannot be joined."""
-        await self.hub.join(self, room)
+    async def join(self, room: str, *, since: Position | None = None) -> Joined:
+        """Join `room` (idempotent), catching up from `since`: see `Hub.join`. Private
+        session and user rooms cannot be joined."""
+        return await self.hub.join(self, room, since=since)
 
     async def leave(self, room: str) -> None:
         await self.hub.leave(self, room)

@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .backplane import Backplane
+from .backplane import Backplane, LocalBackplane
+from .history import HistorySettings
 from .hub import Hub, reload_session
 from .redis_backplane import RedisBackplane
 from .redis_sessions import RedisSessionBridge
@@ -27,7 +28,7 @@ CLIENT_JS = Path(__file__).resolve().parent / "static" / "client.js"
 
 def setup(app: web.Application, sessions: SessionBridge, *, path: str = "/ws",
           transport: TransportSettings | None = None, backplane: Backplane | None = None,
-          reload_sessions: bool = True, **hub_options: Any) -> Hub:
+          history: HistorySettings = HistorySettings(), reload_sessions: bool = True, **hub_options: Any) -> Hub:
     """Wire sockets into `app`; returns the hub to register handlers on.
 
     Adds:
@@ -43,13 +44,18 @@ def setup(app: web.Application, sessions: SessionBridge, *, path: str = "/ws",
         backplane: how emits reach sockets in other processes. With Redis sessions the
             default is Redis pub/sub on the sessions' own connection; otherwise this
             process only.
+        history: how much of each room's events the default backplane keeps, so a socket
+            that dropped off can catch up (protocol.md, "Recovery"); `HistorySettings(0)`
+            turns it off. A backplane you pass has its own.
         reload_sessions: reload the session before every event (`reload_session`), so a
             logout or an expiry closes a busy socket at its next event.
         hub_options: passed to `Hub` (`connect=`, `session_check_interval=`,
             `max_rooms_per_socket=`).
     """
     if backplane is None and isinstance(sessions, RedisSessionBridge):
-        backplane = RedisBackplane(sessions.link, prefix=f"{sessions.storage.cookie_name}:ws:")
+        backplane = RedisBackplane(sessions.link, prefix=f"{sessions.storage.cookie_name}:ws:", history=history)
+    elif backplane is None:
+        backplane = LocalBackplane(history=history)
     hub = Hub(sessions, backplane=backplane, **hub_options)
     if reload_sessions:
         hub.use(reload_session)

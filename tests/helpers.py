@@ -293,6 +293,7 @@ class FreezableProxy:
         self.flowing.set()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> FreezableProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -311,12 +312,18 @@ class FreezableProxy:
     def thaw(self) -> None:
         self.flowing.set()
 
+    def cut(self) -> None:
+        """Drop every connection at once, without a close frame or a FIN (a lost network)."""
+        for writer in self._writers:
+            writer.transport.abort()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         except OSError:
             writer.close()
             return
+        self._writers.update((writer, up_writer))
         for a, b in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pump(a, b))
             self._tasks.add(task)

@@ -35,10 +35,12 @@ async def test_join_and_leave_count_sockets(alice, make_browser):
     bob = await make_browser()
     await bob.login("bob")
     a1, a2, b = await alice.socket(), await alice.socket(), await bob.socket()
-    assert await a1.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 1}
-    assert await a2.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 2}
-    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3}
-    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3}  # idempotent
+    joined = await a1.request("join", {"room": "lobby"})
+    position = {"epoch": joined["epoch"], "offset": 0}  # no event in the room yet
+    assert joined == {"room": "lobby", "members": 1, **position}
+    assert await a2.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 2, **position}
+    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3, **position}
+    assert await b.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 3, **position}  # idempotent
     assert await a2.request("leave", {"room": "lobby"}) == {"room": "lobby", "members": 2}
     await a1.close()
     assert await b.request("leave", {"room": "lobby"}) == {"room": "lobby", "members": 0}

@@ -184,12 +184,12 @@ async def test_the_demo_authorizes_its_staff_room(base_url: str) -> None:
         await alice.login("alice")
         await bob.login("bob")
         async with await alice.socket() as socket:
-            assert await socket.request("join", {"room": "staff"}) == {"room": "staff", "members": 1}
+            assert (await socket.request("join", {"room": "staff"}))["members"] == 1
         async with await bob.socket() as socket:
             with pytest.raises(server.RequestFailed) as refused:
                 await socket.request("join", {"room": "staff"})
             assert (refused.value.code, refused.value.message) == ("forbidden", "only staff may join 'staff'")
-            assert await socket.request("join", {"room": "lobby"}) == {"room": "lobby", "members": 1}
+            assert (await socket.request("join", {"room": "lobby"}))["members"] == 1
 
 
 def test_the_public_api_is_exported() -> None:

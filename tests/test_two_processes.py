@@ -24,8 +24,10 @@ async def test_chat_and_room_sizes_across_processes(pair):
         await alice.login("alice")
         await bob.login("bob")
         on_a, on_b = await alice.connect(), await bob.connect()
-        assert await call(on_a, "join", {"room": "lobby"}) == {"room": "lobby", "members": 1}
-        assert await call(on_b, "join", {"room": "lobby"}) == {"room": "lobby", "members": 2}
+        joined_a = await call(on_a, "join", {"room": "lobby"})
+        joined_b = await call(on_b, "join", {"room": "lobby"})
+        assert (joined_a["members"], joined_b["members"]) == (1, 2)
+        assert joined_a["epoch"] == joined_b["epoch"]  # one history for the room, in Redis
         await on_a.send_str(json.dumps({"event": "chat", "data": {"room": "lobby", "text": "from A"}}))
         assert (await expect_event(on_b, "chat"))["text"] == "from A"
         assert (await expect_event(on_a, "chat"))["text"] == "from A"  # once, on its own instance too

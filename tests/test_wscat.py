@@ -81,9 +81,9 @@ def steps(transcript: str) -> list[tuple[str | None, list[str]]]:
 
 
 def same_frame(expected: str, got: str) -> bool:
-    """Equal but for the values that change every run (socket id, timestamps)."""
+    """Equal but for the values that change every run (socket id, timestamps, epochs)."""
     def normal(text: str) -> object:
-        return json.loads(re.sub(r'"(socket|ts)":("[^"]*"|\d+)', r'"\1":0', text))
+        return json.loads(re.sub(r'"(socket|ts|epoch)":("[^"]*"|\d+)', r'"\1":0', text))
     return normal(expected) == normal(got)
 
 

@@ -6,7 +6,6 @@ const client = new Client("/ws");
 window.demo = client; // for the browser tests and the curious
 
 let shownUser = null; // whose things the page shows now; null on the login form
-const joinedRooms = new Set(); // the server forgets them with the socket: re-joined on reconnect
 let countVersion = 0; // bumped by every count the page shows, so an older answer cannot overwrite a newer one
 
 async function api(method, path, body) {
@@ -44,7 +43,7 @@ function clearUserViews() {
   for (const id of ["messages", "notifications"]) $(id).replaceChildren();
   for (const id of ["user", "whoami", "room-info", "chat-error", "counter-error", "you-error"]) $(id).textContent = "";
   for (const id of ["chat-text", "notify-text"]) $(id).value = "";
-  joinedRooms.clear();
+  for (const name of client.rooms) client.leave(name).catch(() => {});
   showCount(0);
 }
 
@@ -82,10 +81,13 @@ client.onSessionEnded((close) => showLogin(`You were disconnected: ${close.meani
 client.onConnected(({user}) => {
   if (!user) return;
   // After a 4003 the cookie may belong to a newer login as someone else: the socket says who.
-  const sameUser = shownUser?.id === user.id;
   showLoggedIn(user);
-  refreshCount();
-  if (sameUser) for (const name of joinedRooms) rejoin(name);
+  refreshCount(); // the client joins its rooms again by itself, and catches up on their events
+});
+client.onRecovered(({room: name, recovered, missed, error}) => {
+  if (error) $("room-info").textContent = `Could not join ${name} again after reconnecting: ${error.message}`;
+  else if (!recovered) addLine("messages", `[${name}] some messages may be missing`);
+  else if (missed) addLine("messages", `[${name}] ${missed} message${missed === 1 ? "" : "s"} you missed`);
 });
 client.on("count", ({count}) => showCount(count));
 client.on("chat", (m) => addLine("messages", `[${m.room}] ${m.from.name}: ${m.text}`));
@@ -147,21 +149,10 @@ $("incr-socket").addEventListener("click", async () => {
 async function room(event) {
   const name = $("room").value;
   try {
-    const {members} = await client.request(event, {room: name});
-    if (event === "join") joinedRooms.add(name);
-    else joinedRooms.delete(name);
+    const {members} = await (event === "join" ? client.join(name) : client.leave(name));
     $("room-info").textContent = event === "join" ? `In ${name} with ${members} socket(s).` : `Left ${name}.`;
   } catch (error) {
     $("room-info").textContent = `Could not ${event} ${name}: ${error.message}`;
-  }
-}
-
-async function rejoin(name) {
-  try {
-    await client.request("join", {room: name});
-  } catch (error) {
-    joinedRooms.delete(name);
-    $("room-info").textContent = `Could not join ${name} again after reconnecting: ${error.message}`;
   }
 }
 

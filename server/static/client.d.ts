@@ -34,6 +34,17 @@ export interface StateChange {
   lastClose: CloseInfo | null;
 }
 
+/** After a room was joined again (a reconnect, or a gap in its events). */
+export interface RecoveryInfo {
+  room: string;
+  /** Every missed event came back (false: some are lost; refetch what the page shows). */
+  recovered: boolean;
+  /** Events the re-join brought back, delivered to `on` listeners before this. */
+  missed: number;
+  /** The re-join failed: the client is no longer in the room. */
+  error?: ProtocolError;
+}
+
 export interface ClientOptions {
   /** Emits and requests kept while not connected (100). */
   maxBuffered?: number;
@@ -81,6 +92,16 @@ export declare class Client {
   onConnected(fn: (info: ConnectedInfo) => void): () => void;
   /** The session is over (closed with 4001, 4002 or 4401): the client will not reconnect. */
   onSessionEnded(fn: (lastClose: CloseInfo) => void): () => void;
+
+  /** A room joined with join() was joined again: whether the events missed came back. Returns an unsubscribe. */
+  onRecovered(fn: (info: RecoveryInfo) => void): () => void;
+
+  /** Join a room and stay in it: re-joined after every reconnect or gap, missed events replayed in order, each once. */
+  join<T = any>(room: string, options?: RequestOptions): Promise<T>;
+  /** Leave a room joined with join(). */
+  leave<T = any>(room: string, options?: RequestOptions): Promise<T>;
+  /** The rooms joined with join(). */
+  readonly rooms: string[];
 
   /** Answer server requests named `event`: the return value is the ack's data; a throw, an error ack. */
   onRequest(event: string, fn: (data: any) => unknown): void;

@@ -7,7 +7,9 @@
 //   client.onState(({state, lastClose}) => ...); // idle, connecting, connected, reconnecting, closed
 //   client.onSessionEnded((lastClose) => ...);   // 4001, 4002, 4401: show the login form
 //   client.connect();                            // only once logged in: the socket carries the session
-//   const reply = await client.request("join", {room: "lobby"}, {timeout: 5000});
+//   await client.join("lobby");                  // re-joined after every reconnect, missed events replayed
+//   client.onRecovered(({room, recovered, missed}) => ...); // after each re-join: what came back
+//   const reply = await client.request("whoami", null, {timeout: 5000});
 //   client.emit("typing", {room: "lobby"});      // fire and forget; await it to learn if it was dropped
 //
 // Server events and the client's own notifications never mix: `on` hears only event frames
@@ -55,6 +57,7 @@ export class ProtocolError extends Error {
  * @typedef {"idle" | "connecting" | "connected" | "reconnecting" | "closed"} State
  * @typedef {{code: number, reason: string, meaning: string}} CloseInfo
  * @typedef {{socket: string | null, user: {id: number, name: string} | null}} ConnectedInfo
+ * @typedef {{room: string, recovered: boolean, missed: number, error?: ProtocolError}} RecoveryInfo
  */
 
 /** One socket to the server, reconnected by close code, with emits buffered meanwhile. */
@@ -77,7 +80,10 @@ export class Client {
     this._options = {maxBuffered, backoffMin, backoffMax, replacedDelay};
     this._ws = null;
     this._listeners = new Map(); // server event name -> Set of fns
-    this._notices = {state: new Set(), connected: new Set(), sessionEnded: new Set()}; // the client's own
+    this._notices = {state: new Set(), connected: new Set(), sessionEnded: new Set(), recovered: new Set()}; // the client's own
+    // Rooms joined through join(): room -> {epoch, offset} of the last event shown, and
+    // `joining` (joins under way) and `missed` (events they brought back).
+    this._rooms = new Map();
     this._requestHandlers = new Map();
     this._pending = new Map(); // id -> {resolve, fail, timer, sent}: requests waiting for their ack
     this._buffer = []; // {frame, sent(), dropped(error)}: made while not connected, flushed after `connected`
@@ -159,6 +165,106 @@ export class Client {
    */
   onSessionEnded(fn) {
     return subscribe(this._notices.sessionEnded, fn);
+  }
+
+  /**
+   * A room was joined again, after a reconnect or a gap in its events: `recovered` says
+   * whether every missed event came back (`missed` of them, delivered to `on` listeners
+   * before this); false means some are lost: refetch what the page shows of the room.
+   * With `error`, the join failed and the client is no longer in the room.
+   * @param {(info: RecoveryInfo) => void} fn
+   * @returns {() => void} unsubscribes
+   */
+  onRecovered(fn) {
+    return subscribe(this._notices.recovered, fn);
+  }
+
+  /**
+   * Join a room (the server's `join` event) and stay in it: after every reconnect, and when
+   * its events show a gap, the client joins again with the position of the last event it
+   * got, and the server sends what was missed first. Listeners get each event of the room
+   * once, in order (protocol.md, "Recovery").
+   * @param {string} room
+   * @param {{timeout?: number}} [options] ms to wait for the ack (10000)
+   * @returns {Promise<any>} the join's ack data
+   */
+  async join(room, {timeout = 10000} = {}) {
+    const known = this._rooms.has(room);
+    if (!known) this._rooms.set(room, {epoch: null, offset: 0, joining: 0, missed: 0});
+    try {
+      return await this._joinRoom(room, timeout, false);
+    } catch (error) {
+      if (!known) this._rooms.delete(room);
+      throw error;
+    }
+  }
+
+  /**
+   * Leave a room joined with join() (the server's `leave` event).
+   * @param {string} room
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<any>} the leave's ack data
+   */
+  leave(room, {timeout = 10000} = {}) {
+    this._rooms.delete(room);
+    return this.request("leave", {room}, {timeout});
+  }
+
+  /** @returns {string[]} the rooms joined with join(), re-joined after every reconnect */
+  get rooms() {
+    return [...this._rooms.keys()];
+  }
+
+  async _joinRoom(room, timeout, recovering) {
+    const state = this._rooms.get(room);
+    const since = state.epoch === null ? undefined : {epoch: state.epoch, offset: state.offset};
+    state.joining += 1;
+    state.missed = 0;
+    let ack;
+    try {
+      ack = await this.request("join", since ? {room, since} : {room}, {timeout});
+    } finally {
+      state.joining -= 1;
+    }
+    if (this._rooms.get(room) !== state) return ack; // left meanwhile
+    if (typeof ack?.epoch === "string" && typeof ack.offset === "number") {
+      if (ack.epoch !== state.epoch || !ack.recovered) state.epoch = ack.epoch;
+      state.offset = since && !ack.recovered ? ack.offset : Math.max(state.offset, ack.offset);
+    }
+    if (since || recovering) {
+      notify(this._notices.recovered, "recovered", {room, recovered: ack?.recovered === true, missed: state.missed});
+    }
+    return ack;
+  }
+
+  _rejoin(room) {
+    this._joinRoom(room, 10000, true).catch((error) => {
+      // Lost with the socket: the next one joins again. Refused: the room is left.
+      if (error.code === "closed" || this._rooms.get(room)?.joining) return;
+      this._rooms.delete(room);
+      notify(this._notices.recovered, "recovered", {room, recovered: false, missed: 0, error});
+    });
+  }
+
+  // Whether a room event is the next one of its room (else it is dropped): one had already
+  // is a duplicate; one after a gap, or of a new epoch, sets off a re-join whose replay
+  // brings it, in order.
+  _inOrder(frame) {
+    const state = this._rooms.get(frame.room);
+    if (!state) return true; // not joined through join(): shown as it comes
+    if (state.epoch === null) {
+      state.epoch = frame.epoch;
+      state.offset = frame.offset;
+      return true;
+    }
+    if (frame.epoch === state.epoch && frame.offset <= state.offset) return false;
+    if (frame.epoch === state.epoch && frame.offset === state.offset + 1) {
+      state.offset = frame.offset;
+      if (state.joining) state.missed += 1;
+      return true;
+    }
+    if (!state.joining && this.state === "connected") this._rejoin(frame.room);
+    return false;
   }
 
   /**
@@ -266,13 +372,17 @@ export class Client {
     }
     // Only the first frame of a socket is the handshake; a later `connected` is a server event.
     if (frame.event === "connected" && this.state !== "connected") {
+      const user = frame.data?.user ?? null;
+      // After a 4003 the cookie may be another user's: their rooms are not this one's.
+      if (this.user && user?.id !== this.user.id) this._rooms.clear();
       this.socketId = frame.data?.socket ?? null;
-      this.user = frame.data?.user ?? null;
+      this.user = user;
       this.reconnectAttempts = 0;
       this._setState("connected");
       // Listeners first, then the frames that waited: a new socket is in no room, and a
       // listener that re-joins must do so before a queued chat to that room arrives.
       notify(this._notices.connected, "connected", {socket: this.socketId, user: this.user});
+      for (const room of this._rooms.keys()) if (!this._rooms.get(room).joining) this._rejoin(room);
       this._flush();
       return;
     }
@@ -280,6 +390,7 @@ export class Client {
       this._answer(frame);
       return;
     }
+    if (typeof frame.room === "string" && typeof frame.offset === "number" && !this._inOrder(frame)) return;
     notify(this._listeners.get(frame.event), frame.event, frame.data);
   }
 
@@ -332,6 +443,7 @@ export class Client {
 
   _ended(code) {
     this._wanted = false;
+    this._rooms.clear();
     const error = this._droppedBecauseClosed();
     for (const {dropped} of this._buffer.splice(0)) dropped(error);
     this._setState("closed");
