@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.helpers import RunPy
+from tests.helpers import Browser, FreezableProxy, RunPy, call
 
 
 @pytest.fixture
@@ -349,3 +349,37 @@ async def test_the_page_works_under_its_content_security_policy(chromium, server
     await expect(page.locator("#counter")).to_have_text("1")
     assert await page.evaluate("window.violations") == []
     assert [text for text in console if "Content Security Policy" in text] == []
+
+
+async def test_a_page_that_went_offline_shows_every_message_once_when_it_is_back(chromium, server):
+    # The page goes through a proxy, so its socket can be cut as a network drop cuts it
+    # (Chromium's offline emulation stops new connections, not an open websocket).
+    async with FreezableProxy(server.port) as proxy, Browser(server.url) as bob:
+        context = await chromium.new_context()
+        page = await open_page(context, f"http://127.0.0.1:{proxy.port}/", [])
+        await log_in(page, "alice", "wonderland")
+        await page.click("#join")
+        await expect(page.locator("#room-info")).to_contain_text("In lobby")
+        await bob.login("bob")
+        on_bob = await bob.connect()
+        await call(on_bob, "join", {"room": "lobby"})
+        await call(on_bob, "chat", {"room": "lobby", "text": "line 0"})
+        await expect(page.locator("#messages")).to_contain_text("bob: line 0")
+
+        await context.set_offline(True)
+        proxy.freeze()
+        for n in range(1, 21):
+            await call(on_bob, "chat", {"room": "lobby", "text": f"line {n}"})
+        proxy.cut()
+        await expect(page.locator("#status")).to_have_text("Reconnecting…")
+        await context.set_offline(False)
+        proxy.thaw()
+        assert await reconnect_now(page) == "connected"
+        await expect(page.locator("#messages")).to_contain_text("20 messages you missed")
+        await call(on_bob, "chat", {"room": "lobby", "text": "line 21"})
+        await expect(page.locator("#messages")).to_contain_text("bob: line 21")
+
+        lines = await page.locator("#messages li").all_text_contents()
+        chat = [line for line in lines if "bob: line" in line]
+        assert chat == [f"[lobby] bob: line {n}" for n in range(22)], lines
+        assert not [line for line in lines if "may be missing" in line]

@@ -3,7 +3,7 @@
 import re
 
 import server
-from tests.helpers import ROOT, Browser, call, expect_close
+from tests.helpers import ROOT, Browser, call, expect_close, receive_json
 
 
 def readme_blocks(section: str) -> list[str]:
@@ -39,3 +39,29 @@ async def test_the_example_test(aiohttp_client, monkeypatch):
     namespace = readme_app(monkeypatch)
     exec(compile(readme_blocks("### Test your app")[0], "README.md", "exec"), namespace)
     await namespace["test_chat"](aiohttp_client)
+
+
+async def test_the_missed_messages_example(aiohttp_server, monkeypatch):
+    namespace = readme_app(monkeypatch)
+    exec(compile(readme_blocks("### Missed messages")[0], "README.md", "exec"), namespace)
+    server_ = await aiohttp_server(namespace["app"])
+    async with Browser(str(server_.make_url("/"))) as b:
+        await b.call("POST", "/login")
+        first, speaker = await b.connect(), await b.connect()  # both put in lobby on accept
+        await call(speaker, "chat", {"text": "seen"})
+        seen = await expect_event_frame(first, "chat")
+        await first.close()
+        await call(speaker, "chat", {"text": "missed"})
+        again = await b.connect()
+        since = {"epoch": seen["epoch"], "offset": seen["offset"]}
+        await again.send_json({"event": "join", "data": {"room": "lobby", "since": since}, "id": 1})
+        replayed = await receive_json(again)
+        assert (replayed["data"]["text"], replayed["offset"]) == ("missed", seen["offset"] + 1)
+        assert await receive_json(again) == {"ack": 1, "data": {"room": "lobby", "epoch": seen["epoch"],
+                                                                "offset": seen["offset"] + 1, "recovered": True}}
+
+
+async def expect_event_frame(ws, name: str) -> dict:
+    while (frame := await receive_json(ws)).get("event") != name:
+        pass
+    return frame
