@@ -100,11 +100,12 @@ class Server:
     read_limits: bool = False  # ours: keep the server's default read budgets (else NO_READ_LIMITS)
     loop: str = "asyncio"  # ours: run.py --loop (the references run on asyncio's loop)
     workers: int = 1  # ours: run.py --workers (one port)
+    args: tuple[str, ...] = ()  # ours: more run.py options
 
     def command(self, port: int, redis_url: str | None) -> list[str]:
         if self.kind == "ours":
             cmd = [python(), "run.py", "--port", str(port), "--log-level", self.log_level, "--loop", self.loop,
-                   "--workers", str(self.workers)]
+                   "--workers", str(self.workers), *self.args]
             return cmd + (["--redis", redis_url] if self.redis and redis_url else [])
         cold = ["--cold-allocator"] if self.cold_allocator else []
         if self.kind in ("raw", "rawstr", "rawsession"):
@@ -137,6 +138,10 @@ SERVERS = {s.key: s for s in [
            "ours", redis=True, processes=4, loadgen_args=("--room-on-first", "--bystanders", "50")),
     Server("ours-soak", "ours x2 processes, Redis with an append-only file", "ours", "ours", redis=True,
            processes=2),
+    Server("ours-nohist", "ours, cookie storage, --history-size 0 (no positions, no recovery)", "ours", "ours",
+           args=("--history-size", "0")),
+    Server("ours-redis-nohist", "ours, Redis storage, --history-size 0", "ours", "ours", redis=True,
+           args=("--history-size", "0")),
     Server("ours-budgets", "ours, cookie storage, the server's default read budgets", "ours", "ours",
            read_limits=True),
 ]}
@@ -220,10 +225,13 @@ GROUPS = [
           {"i": ("ours", "ours-redis")}, 64, 64, max_rounds=3, order=("ours", "ours-redis")),
     Group("isolation", "(k) per-room channels: a room of {n} sockets busy on one of 4 processes", "fanout",
           {"k": ("ours-4proc",)}, 200, 100, max_rounds=3, order=("ours-4proc",)),
+    Group("history", "(l) room history on and off: fan-out to one room of 1,000 sockets", "fanout",
+          {"l": ("ours", "ours-nohist", "ours-redis", "ours-redis-nohist")}, 1000, 200,
+          order=("ours", "ours-nohist", "ours-redis", "ours-redis-nohist")),
     Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
           "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
-LETTERS = "abcdefghijk"
+LETTERS = "abcdefghijkl"
 ATTACKS = ("logins", "frames")
 
 
@@ -606,6 +614,10 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
                               ", ".join(_us(o) for o in others), f"the receiver (200 members): {_us(receiver)}",
                               ratio, "<= 0.02x", passed,
                               "" if passed in (None, True) else f"the busiest other spent {ratio:.1%}"))
+    if "l" in letters:
+        for key, off, storage in (("ours", "ours-nohist", "cookie"), ("ours-redis", "ours-redis-nohist", "Redis")):
+            cpu_target("l", f"fan-out to 1,000 sockets with room history (100 events), {storage} storage: "
+                            "server CPU per delivery", "history", key, off, "the same, --history-size 0", 1.25)
     if "g" in letters:
         for group in (g for g in GROUPS if g.loadgen == "storm"):
             for key in ("ours", "ours-redis"):
@@ -956,7 +968,7 @@ def parse_args(argv: list[str] | None) -> Options:
                                        "e memory per idle connection, f fan-out over two processes, "
                                        "g upgrade storm, h soak with faults (two processes, Redis restart, "
                                        "a killed process), i login flood beside a bystander's socket, "
-                                       "j costly frames beside a bystander's socket.")
+                                       "j costly frames beside a bystander's socket, l fan-out with room history on and off.")
     p.add_argument("--quick", action="store_true", help="short runs, one round, fewer sockets: a smoke check")
     p.add_argument("--scenarios", default=",".join(LETTERS), help="comma-separated letters (default: all)")
     p.add_argument("--duration", type=float, help="seconds in each measured window (default 3; quick: 1)")

@@ -14,6 +14,13 @@ when Redis is unreachable (the message then reaches this process's sockets only;
 in `local_only` and logged, at most every 10 s). Messages from one process arrive in the
 order it published them.
 
+An event kept in a room's history (`Emit.keep`) takes another path: one Redis script gives
+it its position, keeps it and publishes it (redis_history.py), and every process delivers
+it from the subscription, this one included, so a room's events reach every socket in the
+order of their offsets. While Redis is unreachable it fails with `Unavailable` and reaches
+no one: a part of the room getting an event without a position would be a gap no client
+can see.
+
 Room sizes live in one Redis hash per room, `instance -> sockets of that instance`, next
 to a key per live instance that expires unless renewed. A crashed instance's members stop
 counting when its key expires (`ttl` seconds at most) and are deleted by the next count.
@@ -112,6 +119,9 @@ class RedisBackplane(Backplane):
     async def _keep(self, message: Emit, channel: str) -> None:
         # Reaches this process's sockets too through the subscription, after Redis gave it
         # its position: every process delivers a room's events in the order of their offsets.
+        # Redis writes the script's PUBLISH to our connection before the script's reply, so
+        # the delivery task is woken before this coroutine: the sender's own socket still
+        # gets the event before its ack.
         assert self._history is not None and message.room is not None, "keep needs history and a room"
         header = orjson.dumps([self.instance, "kept", message.room, message.skip])
         try:

@@ -4,10 +4,11 @@ import asyncio
 import json
 import re
 
+import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.helpers import Browser, FreezableProxy, RunPy, call
+from tests.helpers import Browser, FreezableProxy, RunPy, call, until
 
 
 @pytest.fixture
@@ -383,3 +384,42 @@ async def test_a_page_that_went_offline_shows_every_message_once_when_it_is_back
         chat = [line for line in lines if "bob: line" in line]
         assert chat == [f"[lobby] bob: line {n}" for n in range(22)], lines
         assert not [line for line in lines if "may be missing" in line]
+
+
+async def test_a_gap_in_a_rooms_events_is_filled_by_the_client_at_once(chromium, redis_server):
+    # Process A loses Redis for a moment while its sockets stay open: the chats published
+    # meanwhile never reach A. The page's next chat shows a gap in the offsets, and the
+    # client rejoins with `since` by itself: it shows every chat once, in order.
+    async with FreezableProxy(redis_server.port) as link:
+        a_redis = f"redis://127.0.0.1:{link.port}/0"
+        env = {"REDIS_TIMEOUT": "0.5"}
+        async with RunPy("--redis", a_redis, env=env) as a, RunPy("--redis", redis_server.url, env=env) as b, \
+                Browser(b.url) as bob:
+            page = await open_page(await chromium.new_context(), a.url, [])
+            await log_in(page, "alice", "wonderland")
+            await page.click("#join")
+            await expect(page.locator("#room-info")).to_contain_text("In lobby")
+            await bob.login("bob")
+            on_b = await bob.connect()
+            await call(on_b, "join", {"room": "lobby"})
+            await call(on_b, "chat", {"room": "lobby", "text": "gap 0"})
+            await expect(page.locator("#messages")).to_contain_text("bob: gap 0")
+
+            link.freeze()
+            await until(lambda: _health(a.url, 503), "A noticed that Redis is gone")
+            for n in range(1, 6):
+                await call(on_b, "chat", {"room": "lobby", "text": f"gap {n}"})
+            link.thaw()
+            await until(lambda: _health(a.url, 200), "A is back on Redis")
+            await call(on_b, "chat", {"room": "lobby", "text": "gap 6"})
+
+            await expect(page.locator("#messages")).to_contain_text("6 messages you missed")
+            lines = await page.locator("#messages li").all_text_contents()
+            assert [line for line in lines if "bob: gap" in line] == [f"[lobby] bob: gap {n}" for n in range(7)], lines
+            assert await page.evaluate("demo.state") == "connected"  # the same socket all along
+
+
+async def _health(url: str, status: int) -> bool:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url.rstrip("/") + "/healthz") as response:
+            return response.status == status
