@@ -39,6 +39,9 @@ JoinCheck = Callable[[Socket, str], Awaitable[bool]]
 
 # Rooms the hub puts every socket in; sockets cannot join or leave them.
 PRIVATE_PREFIXES = ("session:", "user:")
+# Live events that may wait for one socket while its join reads the room's history: past
+# this it is closed as too slow (4408), as when they wait to be sent.
+HOLD_LIMIT = 1 << 20
 
 
 def session_room(session: Any) -> str | None:
@@ -368,6 +371,9 @@ class Hub:
         assert message.position is not None and message.room is not None
         if hold.position is None:
             hold.frames.append((message.position, message.frame))
+            hold.size += len(message.frame)
+            if hold.size > HOLD_LIMIT:
+                socket.close_soon(CloseCode.TOO_SLOW, "client too slow to read")
             return True
         if message.position.epoch == hold.position.epoch and message.position.offset <= hold.position.offset:
             return True
@@ -406,11 +412,12 @@ class _Hold:
     """The live events of a socket's room while it joins; `position` is set once the
     replay is sent: the last one the socket has."""
 
-    __slots__ = ("frames", "position")
+    __slots__ = ("frames", "position", "size")
 
     def __init__(self) -> None:
         self.frames: deque[tuple[Position, bytes]] = deque()
         self.position: Position | None = None
+        self.size = 0  # bytes in `frames`
 
 
 def _step(middleware: Middleware, call_next: Next, socket: Socket, event: Event) -> Awaitable[Any]:
