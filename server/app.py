@@ -10,7 +10,7 @@ from aiohttp import web
 from .backplane import Backplane, LocalBackplane
 from .config import Settings, load_fernet
 from .cors import setup_cors
-from .demo import setup_demo
+from .demo import presence_rooms, setup_demo
 from .headers import security_headers
 from .history import HistorySettings
 from .http_errors import json_errors
@@ -60,7 +60,8 @@ def make_app(settings: Settings | None = None) -> web.Application:
         rate_limit=settings.rate_limit,
         rate_limit_bytes=settings.rate_limit_bytes,
         max_sockets_per_user=settings.max_sockets_per_user,
-    ), session_check_interval=settings.session_check_interval, max_rooms_per_socket=settings.max_rooms_per_socket)
+    ), session_check_interval=settings.session_check_interval, max_rooms_per_socket=settings.max_rooms_per_socket,
+       presence=presence_rooms if settings.presence else None)
     app[SETTINGS] = settings
     setup_demo(app, hub, settings.users)
     app.router.add_static("/static/", STATIC_DIR)

@@ -45,6 +45,7 @@ class Settings:
     instance_ttl: float = 10.0
     history_size: int = 100
     history_ttl: float = 300.0
+    presence: bool = True  # the demo's rooms track who is in them
     cookie_name: str = "session"
     session_key: str | None = None
     session_key_file: str = ".session_key"
@@ -138,6 +139,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                         "missed when it rejoins (%(default)s; 0: no history, no positions)")
     p.add_argument("--history-ttl", type=float, metavar="SECONDS", default=env("HISTORY_TTL", str(d.history_ttl)),
                    help="HISTORY_TTL: how long a room event is kept for that (%(default)s; 0: no history)")
+    p.add_argument("--presence", choices=("on", "off"), default=env("PRESENCE", "on" if d.presence else "off"),
+                   help="PRESENCE: track who is in each room and push joins and leaves to its "
+                        "members (protocol.md, \"Presence\"); off saves its cost (%(default)s)")
     args = p.parse_args(argv)
     if args.history_size < 0 or args.history_ttl < 0:
         p.error("--history-size and --history-ttl must be 0 or more")
@@ -189,6 +193,7 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         instance_ttl=args.instance_ttl,
         history_size=args.history_size,
         history_ttl=args.history_ttl,
+        presence=args.presence == "on",
         session_key=env("SESSION_KEY") or None,
         session_key_file=env("SESSION_KEY_FILE", d.session_key_file),
         users=users,

@@ -302,5 +302,10 @@ def room_of(data: Any) -> str:
     return room
 
 
+def presence_rooms(room: str) -> bool:
+    """The rooms whose presence the demo tracks (`Hub(presence=...)`): all of its own."""
+    return ROOM_NAME.fullmatch(room) is not None
+
+
 def public_rooms(socket: Socket) -> set[str]:
     return {room for room in socket.rooms if ROOM_NAME.fullmatch(room)}

@@ -23,6 +23,7 @@ from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
 from .codes import CloseCode
 from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, Unavailable, UnknownEvent
 from .history import Joined, Position
+from .presence import Presence, presence_for
 from .protocol import EVENT_NAME, Event, encode_event, open_room_event
 from .rooms import Rooms
 from .sessions import SessionBridge, session_tag
@@ -36,6 +37,7 @@ Middleware = Callable[[Socket, Event, Next], Awaitable[Any]]
 ConnectMiddleware = Callable[[Socket], Awaitable[None]]
 SocketHook = Callable[[Socket], Awaitable[None]]
 JoinCheck = Callable[[Socket, str], Awaitable[bool]]
+RoomPredicate = Callable[[str], bool]
 
 # Rooms the hub puts every socket in; sockets cannot join or leave them.
 PRIVATE_PREFIXES = ("session:", "user:")
@@ -78,6 +80,7 @@ class Hub:
         connect: Iterable[ConnectMiddleware] = (require_user,),
         session_check_interval: float = 15.0,
         max_rooms_per_socket: int = 100,
+        presence: RoomPredicate | None = None,
     ) -> None:
         self.sessions = sessions
         self.backplane = backplane or LocalBackplane()
@@ -96,6 +99,12 @@ class Hub:
         # Sockets joining a room with history: its live events wait while the replay is
         # read and sent, then those the replay had are dropped (room -> socket -> hold).
         self._holds: dict[str, dict[Socket, _Hold]] = {}
+        # Presence (who is in a room) is tracked in the rooms `presence(room)` is true of.
+        self._tracks_presence = presence
+        self._presence: Presence | None = None
+        if presence is not None:
+            self._presence = presence_for(self.backplane)
+            self._handlers["presence"] = self._presence_event
 
     # -- registration ----------------------------------------------------------------
 
@@ -207,6 +216,7 @@ class Hub:
             if not self.rooms.count(room):
                 self.backplane.unlisten(room)
             if not room.startswith(PRIVATE_PREFIXES):
+                self._exited(room, socket)
                 await self.backplane.left(room, socket.id)
 
     async def dispatch(self, socket: Socket, event: Event) -> Any:
@@ -260,6 +270,7 @@ class Hub:
         _check_room(room)
         self._release(room, socket)
         if self._discard(room, socket):
+            self._exited(room, socket)
             await self.backplane.left(room, socket.id)
 
     async def count(self, room: str) -> int:
@@ -279,6 +290,8 @@ class Hub:
         except Exception:
             self._discard(room, socket)
             raise
+        if room in self.rooms.rooms_of(socket):  # not left or closed meanwhile: it will be
+            self._entered(room, socket)
 
     async def _catch_up(self, socket: Socket, room: str, since: Position | None, member: bool) -> Joined:
         holds = self._holds.setdefault(room, {})
@@ -320,6 +333,42 @@ class Hub:
         if not self.rooms.count(room):
             self.backplane.unlisten(room)
         return True
+
+    # -- presence: who is in a room ----------------------------------------------------
+
+    async def presence(self, room: str) -> list[dict[str, Any]]:
+        """Every user with a socket in `room`, on every process: `{"id", "name", "sockets"}`
+        (protocol.md, "Presence"), sorted by name.
+
+        Raises:
+            ValueError: presence is not tracked in `room` (see `Hub(presence=...)`).
+            Unavailable: Redis is unreachable.
+        """
+        if self._presence is None or not self._tracks_room(room):
+            raise ValueError(f"presence is not tracked in {room!r}: see Hub(presence=...)")
+        return await self._presence.users(room)
+
+    def _tracks_room(self, room: str) -> bool:
+        return (self._tracks_presence is not None and not room.startswith(PRIVATE_PREFIXES)
+                and self._tracks_presence(room))
+
+    def _entered(self, room: str, socket: Socket) -> None:
+        if self._presence is not None and socket.user is not None and self._tracks_room(room):
+            self._presence.entered(room, socket.user)
+
+    def _exited(self, room: str, socket: Socket) -> None:
+        if self._presence is not None and socket.user is not None:
+            self._presence.exited(room, socket.user)  # a room it did not count is ignored
+
+    async def _presence_event(self, socket: Socket, data: Any) -> dict[str, Any]:
+        room = data.get("room") if type(data) is dict else None
+        if type(room) is not str or not room:
+            raise InvalidData('"room" must be a non-empty string')
+        if room not in self.rooms.rooms_of(socket):
+            raise Forbidden(f"join {room!r} to see who is in it")
+        if not self._tracks_room(room):
+            raise InvalidData(f"presence is not tracked in {room!r}")
+        return {"room": room, "users": await self.presence(room)}
 
     # -- emitting (from handlers, HTTP routes, anywhere) ---------------------------------
 
@@ -386,6 +435,8 @@ class Hub:
         """Start delivering emits and checking sessions (at application start-up)."""
         await self.sessions.start()
         await self.backplane.start(self._deliver, self.rooms)
+        if self._presence is not None:
+            await self._presence.start()
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
@@ -394,6 +445,8 @@ class Hub:
             self._sweeper.cancel()
         for socket in list(self.sockets.values()):
             socket.close_soon(code, reason)
+        if self._presence is not None:
+            await self._presence.stop()  # before the backplane: it tells the others who left
         await self.backplane.stop()
 
     async def _sweep(self) -> None:

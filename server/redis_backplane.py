@@ -36,6 +36,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Callable
 
 import orjson
 
@@ -54,6 +55,7 @@ class RedisBackplane(Backplane):
                  history: HistorySettings = HistorySettings()) -> None:
         self.link = link
         self._history = RedisHistory(link, prefix, history) if history.enabled else None
+        self.prefix = prefix
         self.instance = secrets.token_hex(8)
         self.ttl = ttl
         self.linger = linger
@@ -74,6 +76,9 @@ class RedisBackplane(Backplane):
         self._tasks: list[asyncio.Task[None]] = []
         self._logged_at = 0.0
         self._unlogged = 0
+        # Called when this instance's key was found gone (an outage longer than `ttl`, a
+        # Redis restart): what it wrote may have been dropped by the others, or lost.
+        self.on_lost: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> asyncio.Event:
@@ -142,6 +147,9 @@ class RedisBackplane(Backplane):
             return await self._history.replay(room, since)
         except (RedisUnavailable, ReplyError):
             raise Unavailable("room history is unavailable while Redis is unreachable") from None
+    def instance_key(self, instance: str) -> str:
+        """The key that exists while `instance` is alive (it expires `ttl` after a crash)."""
+        return self._instance_prefix + instance
 
     @property
     def subscribed(self) -> frozenset[str]:
@@ -270,6 +278,11 @@ class RedisBackplane(Backplane):
             was = await self.link.call("SET", self._instance_key, 1, "PX", int(self.ttl * 1000), "GET")
             if was is None:  # expired or lost: other instances have dropped our sizes
                 self._unsynced.update(self._counted)
+                for lost in self.on_lost:
+                    try:
+                        lost()
+                    except Exception:
+                        log.exception("an on_lost callback failed")
             for room in list(self._unsynced):
                 await self._sync(room)
         except (RedisUnavailable, ReplyError, Unavailable):
