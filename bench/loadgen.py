@@ -17,6 +17,11 @@ Scenarios:
 * `storm`: `--connections` upgrades of one logged-in session opened at the same moment
   (no cap on concurrent connections), each until its first frame, then all closed at
   once; unit: one upgrade. Failures are counted by cause, not raised.
+* `presence`: `--connections` users (the server's DEMO_USERS `u01:bench`, ...; a login and a
+  socket each) join and leave room `churn` in a loop, reading every frame (presence
+  changes too); unit: one join + one leave. Then, for memory, every socket joins
+  `--member-rooms` rooms more; reports the server's RSS (and with `--redis-port`, Redis's
+  `used_memory`) per member added.
 
 Protocols (`--proto`): `ours` (protocol v1 with a login cookie), `raw` (protocol v1
 frames to bench/raw_server.py), `rawstr` (the same frames, echoed verbatim) and `sio`
@@ -639,7 +644,101 @@ async def close_all(sockets: list[aiohttp.ClientWebSocketResponse], meter: Meter
             "server_cpu": meter.figures(len(sockets))["server_cpu"]}
 
 
-SCENARIOS = {"echo": echo, "fanout": fanout, "handshake": handshake, "idle": idle, "storm": storm}
+def user_name(i: int) -> str:
+    """The name of the bench's user `i` (from 1): the `presence` scenario needs one per socket."""
+    return f"u{i:02}"
+
+
+USER_PASSWORD = "bench"
+
+
+async def user_sessions(base: str, count: int) -> list[dict[str, str]]:
+    """Log each of `count` users in: the Cookie header of each."""
+    limit = asyncio.Semaphore(8)  # the demo hashes one password at a time and queues 32
+
+    async def one(i: int) -> dict[str, str]:
+        async with limit, client_session() as own:
+            login = {"username": user_name(i + 1), "password": USER_PASSWORD}
+            async with own.post(base + "/api/login", json=login) as response:
+                if response.status != 200:
+                    raise ScenarioError(f"login of {login['username']} failed: {response.status}")
+            return {"Cookie": "; ".join(f"{c.key}={c.value}" for c in own.cookie_jar)}
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def redis_used_memory(port: int | None) -> int | None:
+    """`used_memory` of the Redis on `port` (INFO memory), or None without one."""
+    if port is None:
+        return None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"INFO memory\r\n")
+        size = int((await reader.readline())[1:])  # a bulk string: $<size>
+        info = (await reader.readexactly(size + 2)).decode()
+    finally:
+        writer.close()
+    return int(next(line for line in info.splitlines() if line.startswith("used_memory:")).split(":")[1])
+
+
+async def presence(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[str, Any]:
+    base, pid, n = args.url[0], args.pid[0], args.connections
+    async with bare_session() as bare:
+        cookies = await user_sessions(base, n)
+        sockets = await connect_many(n, lambda i: proto.connect(bare, base, cookies[i]))
+        ids = [0] * n
+
+        async def ask(i: int, event: str, room: str) -> None:
+            ws = sockets[i]
+            ids[i] += 1
+            await ws.send_str(_dumps({"event": event, "data": {"room": room}, "id": ids[i]}))
+            while True:  # presence changes (and chats of nobody) come in between
+                frame = loads(await recv_text(ws, proto))
+                if frame.get("ack") == ids[i]:
+                    if "error" in frame:
+                        raise ScenarioError(f"{event} {room}: {frame}")
+                    return
+
+        latencies: list[float] = []
+        count = 0
+        stopping = False
+
+        async def churn(i: int) -> None:
+            nonlocal count
+            while not stopping:
+                t = time.perf_counter()
+                await ask(i, "join", "churn")
+                await ask(i, "leave", "churn")
+                if meter.counting:
+                    count += 1
+                    latencies.append(time.perf_counter() - t)
+
+        tasks = [asyncio.create_task(churn(i)) for i in range(n)]
+        await watch(tasks, args.warmup)
+        meter.start()
+        await watch(tasks, args.duration)
+        meter.stop()
+        stopping = True
+        units = count
+        await finish(tasks)
+
+        # Memory per member: n users x --member-rooms rooms, each a room of n users.
+        await asyncio.sleep(1.0)  # the last presence writes, and the churn room's linger
+        rss_before, redis_before = rss_bytes(pid), await redis_used_memory(args.redis_port)
+        for r in range(args.member_rooms):
+            await asyncio.gather(*(ask(i, "join", f"m{r}") for i in range(n)))
+        await asyncio.sleep(1.0)  # presence writes its window's changes
+        rss_after, redis_after = rss_bytes(pid), await redis_used_memory(args.redis_port)
+        members = n * args.member_rooms
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    return {**meter.figures(units, latencies), "unit": "join+leave", "connections": n, "members": members,
+            "rss_per_member": (rss_after - rss_before) / members,
+            "redis_per_member": None if redis_before is None or redis_after is None
+            else (redis_after - redis_before) / members}
+
+
+SCENARIOS = {"echo": echo, "fanout": fanout, "handshake": handshake, "idle": idle, "storm": storm,
+             "presence": presence}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -667,6 +766,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="idle: then seconds to measure the server's CPU over while the sockets stay idle")
     p.add_argument("--storm-timeout", type=float, default=60.0,
                    help="storm: seconds an upgrade may take (to its first frame) before it counts as failed")
+    p.add_argument("--member-rooms", type=int, default=90,
+                   help="presence: rooms each socket joins at the end, for memory per member")
+    p.add_argument("--redis-port", type=int, help="presence: the Redis to read used_memory of")
     for url in (args := p.parse_args(argv)).url:
         if not url.startswith(("http://127.", "http://localhost")):
             p.error("the load generator only drives servers on this machine (127.0.0.0/8)")

@@ -56,6 +56,7 @@ from bench.attacks import (  # noqa: E402
     server_options,
 )
 from bench.faults import SoakSettings, run_soak, soak_notes, soak_section, soak_targets  # noqa: E402
+from bench.loadgen import USER_PASSWORD, user_name  # noqa: E402
 from bench.processes import (  # noqa: E402
     NO_READ_LIMITS,
     ROOT,
@@ -101,11 +102,13 @@ class Server:
     loop: str = "asyncio"  # ours: run.py --loop (the references run on asyncio's loop)
     workers: int = 1  # ours: run.py --workers (one port)
     args: tuple[str, ...] = ()  # ours: more run.py options
+    presence: bool = True  # ours: run.py --presence (the demo's rooms track who is in them)
+    users: int = 0  # ours: demo users u01..uNN (DEMO_USERS), for scenarios of many users
 
     def command(self, port: int, redis_url: str | None) -> list[str]:
         if self.kind == "ours":
             cmd = [python(), "run.py", "--port", str(port), "--log-level", self.log_level, "--loop", self.loop,
-                   "--workers", str(self.workers), *self.args]
+                   "--workers", str(self.workers), "--presence", "on" if self.presence else "off", *self.args]
             return cmd + (["--redis", redis_url] if self.redis and redis_url else [])
         cold = ["--cold-allocator"] if self.cold_allocator else []
         if self.kind in ("raw", "rawstr", "rawsession"):
@@ -144,6 +147,11 @@ SERVERS = {s.key: s for s in [
            args=("--history-size", "0")),
     Server("ours-budgets", "ours, cookie storage, the server's default read budgets", "ours", "ours",
            read_limits=True),
+    Server("ours-presence", "ours, cookie storage, presence on", "ours", "ours", users=50),
+    Server("ours-nopresence", "ours, cookie storage, --presence off", "ours", "ours", users=50, presence=False),
+    Server("ours-redis-presence", "ours, Redis storage, presence on", "ours", "ours", redis=True, users=50),
+    Server("ours-redis-nopresence", "ours, Redis storage, --presence off", "ours", "ours", redis=True, users=50,
+           presence=False),
 ]}
 
 
@@ -228,10 +236,13 @@ GROUPS = [
     Group("history", "(l) room history on and off: fan-out to one room of 1,000 sockets", "fanout",
           {"l": ("ours", "ours-nohist", "ours-redis", "ours-redis-nohist")}, 1000, 200,
           order=("ours", "ours-nohist", "ours-redis", "ours-redis-nohist")),
+    Group("presence", "(m) presence: {n} users, each joining and leaving one room in a loop", "presence",
+          {"m": ("ours-presence", "ours-nopresence", "ours-redis-presence", "ours-redis-nopresence")}, 50, 20,
+          max_rounds=3, order=("ours-presence", "ours-nopresence", "ours-redis-presence", "ours-redis-nopresence")),
     Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
           "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
-LETTERS = "abcdefghijkl"
+LETTERS = "abcdefghijklm"
 ATTACKS = ("logins", "frames")
 
 
@@ -257,6 +268,8 @@ def start_server(procs: Processes, server: Server, redis_url: str | None, env: d
         unset = tuple(NO_READ_LIMITS)  # the server's own defaults, whatever our environment says
     elif server.kind == "ours":
         env = {**env, **NO_READ_LIMITS}
+    if server.users:
+        env = {**env, "DEMO_USERS": ",".join(f"{user_name(i)}:{USER_PASSWORD}" for i in range(1, server.users + 1))}
     for i in range(server.processes):
         port = free_port()
         children.append(procs.start(f"{server.key}{i}", server.command(port, redis_url),
@@ -304,6 +317,8 @@ def run_loadgen(group: Group, running: Running, opts: Options, redis: Child | No
         cmd += ["--pid", str(pid)]
     if redis is not None and running.server.redis:
         cmd += ["--other-pid", f"redis={redis.pid}"]
+        if group.loadgen == "presence":
+            cmd += ["--redis-port", str(redis.port)]
     timeout = opts.warmup + opts.duration + 180
     try:
         done = subprocess.run(pinned(cmd, LOADGEN_CORE), cwd=ROOT, capture_output=True, text=True,
@@ -618,6 +633,31 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
         for key, off, storage in (("ours", "ours-nohist", "cookie"), ("ours-redis", "ours-redis-nohist", "Redis")):
             cpu_target("l", f"fan-out to 1,000 sockets with room history (100 events), {storage} storage: "
                             "server CPU per delivery", "history", key, off, "the same, --history-size 0", 1.25)
+    if "m" in letters:
+        for on, off, storage in (("ours-presence", "ours-nopresence", "cookie"),
+                                 ("ours-redis-presence", "ours-redis-nopresence", "Redis")):
+            cost = _with_redis_cpu if storage == "Redis" else _server_cpu
+            with_, without = get("presence", on), get("presence", off)
+            if not with_ or not without:
+                continue
+            rounds = _per_round_ratios(with_, without, cost=cost)
+            what = "server" + (" + redis-server" if storage == "Redis" else "")
+            out.append(Target("m", f"a join and a leave with presence, {storage} storage: {what} CPU",
+                              f"{_us(with_.median(cost))}/join+leave",
+                              f"--presence off: {_us(without.median(cost))}/join+leave",
+                              _median(rounds) if rounds else None, "(no target)", None, rounds=rounds))
+            member = with_.median(lambda r: r["rss_per_member"])
+            bare = without.median(lambda r: r["rss_per_member"])
+            redis_member = with_.median(lambda r: r.get("redis_per_member"))
+            redis_bare = without.median(lambda r: r.get("redis_per_member"))
+            figure = f"{member:.0f} B" if member is not None else "-"
+            if redis_member is not None:
+                figure += f"; Redis {redis_member:.0f} B"
+            reference = f"--presence off: {bare:.0f} B" if bare is not None else "-"
+            if redis_bare is not None:
+                reference += f"; Redis {redis_bare:.0f} B"
+            out.append(Target("m", f"memory per member (a user in a room; {with_.ok[0]['members']:,} of them), "
+                                   f"{storage} storage: server RSS", figure, reference, None, "(no target)", None))
     if "g" in letters:
         for group in (g for g in GROUPS if g.loadgen == "storm"):
             for key in ("ours", "ours-redis"):
@@ -968,7 +1008,8 @@ def parse_args(argv: list[str] | None) -> Options:
                                        "e memory per idle connection, f fan-out over two processes, "
                                        "g upgrade storm, h soak with faults (two processes, Redis restart, "
                                        "a killed process), i login flood beside a bystander's socket, "
-                                       "j costly frames beside a bystander's socket, l fan-out with room history on and off.")
+                                       "j costly frames beside a bystander's socket, l fan-out with room history on and off, "
+                                       "m presence on and off (CPU per join+leave, memory per member).")
     p.add_argument("--quick", action="store_true", help="short runs, one round, fewer sockets: a smoke check")
     p.add_argument("--scenarios", default=",".join(LETTERS), help="comma-separated letters (default: all)")
     p.add_argument("--duration", type=float, help="seconds in each measured window (default 3; quick: 1)")

@@ -50,7 +50,7 @@ def setup(app: web.Application, sessions: SessionBridge, *, path: str = "/ws",
         reload_sessions: reload the session before every event (`reload_session`), so a
             logout or an expiry closes a busy socket at its next event.
         hub_options: passed to `Hub` (`connect=`, `session_check_interval=`,
-            `max_rooms_per_socket=`).
+            `max_rooms_per_socket=`, `presence=`: the rooms that track who is in them).
     """
     if backplane is None and isinstance(sessions, RedisSessionBridge):
         backplane = RedisBackplane(sessions.link, prefix=f"{sessions.storage.cookie_name}:ws:", history=history)

@@ -297,3 +297,35 @@ async def test_presence_is_for_members_of_tracked_rooms(library):
         await socket.request("join", LOBBY)
         assert await socket.request("presence", LOBBY) == {
             "room": "lobby", "users": [{"id": 7, "name": "user0007", "sockets": 1}]}
+
+
+# -- the demo page ---------------------------------------------------------------------------
+
+
+async def test_the_demo_page_shows_who_is_in_the_room(chromium, tmp_path):
+    from playwright.async_api import expect
+
+    from tests.test_browser import log_in, open_page
+
+    async with RunPy(env={"SESSION_KEY_FILE": str(tmp_path / "key")}) as one:
+        bob = await open_page(await chromium.new_context(), one.url, [])
+        await log_in(bob, "bob", "builder")
+        await bob.click("#join")
+        here = bob.locator("#presence li[data-room=lobby] .who")
+        await expect(here).to_have_text(["bob"])
+        alices = await chromium.new_context()  # one browser, two tabs: one login
+        tab1 = await open_page(alices, one.url, [])
+        await log_in(tab1, "alice", "wonderland")
+        await tab1.click("#join")
+        await expect(bob.locator("#messages")).to_contain_text("[lobby] alice joined")
+        await expect(here).to_have_text(["alice", "bob"])
+        tab2 = await open_page(alices, one.url, [])
+        await expect(tab2.locator("#status")).to_have_text("Connected")
+        await tab2.click("#join")
+        await expect(tab2.locator("#presence li[data-room=lobby] .who")).to_have_text(["alice 2 tabs", "bob"])
+        await tab2.close()
+        await tab1.close()
+        await expect(bob.locator("#messages")).to_contain_text("[lobby] alice left")
+        await expect(here).to_have_text(["bob"])
+        await expect(bob.locator("#messages li.presence-line")).to_have_text(
+            ["[lobby] bob joined", "[lobby] alice joined", "[lobby] alice left"])

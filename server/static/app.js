@@ -6,6 +6,8 @@ const client = new Client("/ws");
 window.demo = client; // for the browser tests and the curious
 
 let shownUser = null; // whose things the page shows now; null on the login form
+const presence = new Map(); // room joined -> Map(user id -> {id, name, sockets}): who is there
+const presenceAsks = new Map(); // room -> timer of the next look at the whole list
 let countVersion = 0; // bumped by every count the page shows, so an older answer cannot overwrite a newer one
 
 async function api(method, path, body) {
@@ -44,6 +46,8 @@ function clearUserViews() {
   for (const id of ["user", "whoami", "room-info", "chat-error", "counter-error", "you-error"]) $(id).textContent = "";
   for (const id of ["chat-text", "notify-text"]) $(id).value = "";
   for (const name of client.rooms) client.leave(name).catch(() => {});
+  presence.clear();
+  showPresence();
   showCount(0);
 }
 
@@ -63,9 +67,10 @@ function showLogin(message) {
   $("login-error").textContent = message ?? "";
 }
 
-function addLine(list, text) {
+function addLine(list, text, className) {
   const item = document.createElement("li");
   item.textContent = text; // user text is only ever text
+  if (className) item.className = className;
   $(list).append(item);
   item.scrollIntoView({block: "nearest"});
 }
@@ -85,11 +90,13 @@ client.onConnected(({user}) => {
   refreshCount(); // the client joins its rooms again by itself, and catches up on their events
 });
 client.onRecovered(({room: name, recovered, missed, error}) => {
+  watchPresence(name, !error); // who is there now: the changes while away were not kept
   if (error) $("room-info").textContent = `Could not join ${name} again after reconnecting: ${error.message}`;
   else if (!recovered) addLine("messages", `[${name}] some messages may be missing`);
   else if (missed) addLine("messages", `[${name}] ${missed} message${missed === 1 ? "" : "s"} you missed`);
 });
 client.on("count", ({count}) => showCount(count));
+client.on("presence", showPresenceChange);
 client.on("chat", (m) => addLine("messages", `[${m.room}] ${m.from.name}: ${m.text}`));
 client.on("notification", (n) => addLine("notifications", `${new Date(n.ts).toLocaleTimeString()} ${n.message}`));
 
@@ -149,11 +156,80 @@ $("incr-socket").addEventListener("click", async () => {
 async function room(event) {
   const name = $("room").value;
   try {
-    const {members} = await (event === "join" ? client.join(name) : client.leave(name));
-    $("room-info").textContent = event === "join" ? `In ${name} with ${members} socket(s).` : `Left ${name}.`;
+    await (event === "join" ? client.join(name) : client.leave(name));
+    watchPresence(name, event === "join");
+    $("room-info").textContent = event === "join" ? `In ${name}.` : `Left ${name}.`;
   } catch (error) {
     $("room-info").textContent = `Could not ${event} ${name}: ${error.message}`;
   }
+}
+
+// Presence: the whole list once joined, then the server's `joined`/`left` changes, each
+// also a line in the chat. The changes say who comes and goes, not how many tabs each has
+// open: the list is asked for again after each, for the "2 tabs" marks.
+function watchPresence(room, joined) {
+  if (joined) {
+    if (!presence.has(room)) presence.set(room, new Map());
+    askPresence(room, 0);
+  } else {
+    presence.delete(room);
+  }
+  showPresence();
+}
+
+function askPresence(room, delay) {
+  if (presenceAsks.has(room)) return; // one look soon is enough for a burst of changes
+  presenceAsks.set(room, setTimeout(async () => {
+    presenceAsks.delete(room);
+    try {
+      const {users} = await client.request("presence", {room});
+      if (!presence.has(room)) return; // left meanwhile
+      presence.set(room, new Map(users.map((user) => [user.id, user])));
+      showPresence();
+    } catch {
+      // Left, disconnected or unavailable: the next join or change asks again.
+    }
+  }, delay));
+}
+
+function showPresenceChange({room, joined, left}) {
+  const users = presence.get(room);
+  if (!users) return; // a room this page has left
+  for (const user of joined) {
+    if (!users.has(user.id)) users.set(user.id, {...user, sockets: 1});
+    addLine("messages", `[${room}] ${user.name} joined`, "presence-line");
+  }
+  for (const user of left) {
+    users.delete(user.id);
+    addLine("messages", `[${room}] ${user.name} left`, "presence-line");
+  }
+  showPresence();
+  askPresence(room, 300 + Math.random() * 700); // spread: every member of the room asks
+}
+
+function showPresence() {
+  const rows = [...presence].map(([room, users]) => {
+    const row = document.createElement("li");
+    row.dataset.room = room;
+    const label = document.createElement("span");
+    label.className = "room";
+    label.textContent = `${room}:`;
+    row.append(label);
+    for (const user of users.values()) {
+      const who = document.createElement("span");
+      who.className = "who";
+      who.textContent = user.name; // user text is only ever text
+      if (user.sockets > 1) {
+        const tabs = document.createElement("span");
+        tabs.className = "tabs";
+        tabs.textContent = `${user.sockets} tabs`;
+        who.append(" ", tabs);
+      }
+      row.append(" ", who);
+    }
+    return row;
+  });
+  $("presence").replaceChildren(...rows);
 }
 
 $("room-form").addEventListener("submit", (event) => { event.preventDefault(); room("join"); });
