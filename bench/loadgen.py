@@ -19,9 +19,9 @@ Scenarios:
   once; unit: one upgrade. Failures are counted by cause, not raised.
 * `presence`: `--connections` users (the server's DEMO_USERS `u01:bench`, ...; a login and a
   socket each) join and leave room `churn` in a loop, reading every frame (presence
-  changes too); unit: one join + one leave. Then, for memory, every socket joins
-  `--member-rooms` rooms more; reports the server's RSS (and with `--redis-port`, Redis's
-  `used_memory`) per member added.
+  changes too); unit: one join + one leave. Before that, for memory, `--member-sockets`
+  more sockets per user each join `--member-rooms` rooms of their own; reports the server's
+  RSS (and with `--redis-port`, Redis's `used_memory`) per member added (a user in a room).
 
 Protocols (`--proto`): `ours` (protocol v1 with a login cookie), `raw` (protocol v1
 frames to bench/raw_server.py), `rawstr` (the same frames, echoed verbatim) and `sio`
@@ -699,6 +699,22 @@ async def presence(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[st
                         raise ScenarioError(f"{event} {room}: {frame}")
                     return
 
+        # Memory per member, first (later, the churn's freed memory would hide it):
+        # --member-sockets more sockets per user, each in --member-rooms rooms of its own,
+        # so n users in each room (a member is a user in a room).
+        more = await connect_many(n * args.member_sockets, lambda i: proto.connect(bare, base, cookies[i % n]))
+        sockets += more
+        ids += [0] * len(more)
+        await asyncio.sleep(1.0)
+        rss_before, redis_before = rss_bytes(pid), await redis_used_memory(args.redis_port)
+        for r in range(args.member_rooms):
+            await asyncio.gather(*(ask(i, "join", f"m{i // n}-{r}") for i in range(n, len(sockets))))
+        await asyncio.sleep(1.0)  # presence writes its window's changes
+        rss_after, redis_after = rss_bytes(pid), await redis_used_memory(args.redis_port)
+        members = len(more) * args.member_rooms
+        await asyncio.gather(*(ws.close() for ws in more))
+        del sockets[n:]
+
         latencies: list[float] = []
         count = 0
         stopping = False
@@ -721,15 +737,6 @@ async def presence(args: argparse.Namespace, proto: V1, meter: Meter) -> dict[st
         stopping = True
         units = count
         await finish(tasks)
-
-        # Memory per member: n users x --member-rooms rooms, each a room of n users.
-        await asyncio.sleep(1.0)  # the last presence writes, and the churn room's linger
-        rss_before, redis_before = rss_bytes(pid), await redis_used_memory(args.redis_port)
-        for r in range(args.member_rooms):
-            await asyncio.gather(*(ask(i, "join", f"m{r}") for i in range(n)))
-        await asyncio.sleep(1.0)  # presence writes its window's changes
-        rss_after, redis_after = rss_bytes(pid), await redis_used_memory(args.redis_port)
-        members = n * args.member_rooms
         await asyncio.gather(*(ws.close() for ws in sockets))
     return {**meter.figures(units, latencies), "unit": "join+leave", "connections": n, "members": members,
             "rss_per_member": (rss_after - rss_before) / members,
@@ -768,6 +775,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="storm: seconds an upgrade may take (to its first frame) before it counts as failed")
     p.add_argument("--member-rooms", type=int, default=90,
                    help="presence: rooms each socket joins at the end, for memory per member")
+    p.add_argument("--member-sockets", type=int, default=4,
+                   help="presence: sockets per user that join --member-rooms rooms each, for memory")
     p.add_argument("--redis-port", type=int, help="presence: the Redis to read used_memory of")
     for url in (args := p.parse_args(argv)).url:
         if not url.startswith(("http://127.", "http://localhost")):

@@ -166,6 +166,7 @@ class Presence(ABC):
             rooms = list(batch)
             diffs = await asyncio.gather(*(self._write(room, batch[room]) for room in rooms),
                                          return_exceptions=True)
+            announcements = []
             for room, diff in zip(rooms, diffs):
                 if isinstance(diff, BaseException):
                     if not isinstance(diff, Unavailable):
@@ -176,7 +177,8 @@ class Presence(ABC):
                     for key, member in batch[room].items():
                         again.setdefault(key, member)
                 else:
-                    await self._announce(room, *diff)
+                    announcements.append(self._announce(room, *diff))
+            await asyncio.gather(*announcements)  # the publishes share one pipeline
         finally:
             self._flushing = None
         if not failed:
