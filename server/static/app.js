@@ -165,7 +165,7 @@ async function room(event) {
 }
 
 // Presence: the whole list once joined, then the server's `joined`/`left` changes, each
-// also a line in the chat. The changes say who comes and goes, not how many tabs each has
+// also a line in the chat (but the user's own). The changes say who comes and goes, not how many tabs each has
 // open: the list is asked for again after each, for the "2 tabs" marks.
 function watchPresence(room, joined) {
   if (joined) {
@@ -195,13 +195,14 @@ function askPresence(room, delay) {
 function showPresenceChange({room, joined, left}) {
   const users = presence.get(room);
   if (!users) return; // a room this page has left
+  const others = (user) => user.id !== shownUser?.id; // "you joined" would be noise
   for (const user of joined) {
     if (!users.has(user.id)) users.set(user.id, {...user, sockets: 1});
-    addLine("messages", `[${room}] ${user.name} joined`, "presence-line");
+    if (others(user)) addLine("messages", `[${room}] ${user.name} joined`, "presence-line");
   }
   for (const user of left) {
     users.delete(user.id);
-    addLine("messages", `[${room}] ${user.name} left`, "presence-line");
+    if (others(user)) addLine("messages", `[${room}] ${user.name} left`, "presence-line");
   }
   showPresence();
   askPresence(room, 300 + Math.random() * 700); // spread: every member of the room asks
