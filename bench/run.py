@@ -238,7 +238,8 @@ GROUPS = [
           order=("ours", "ours-nohist", "ours-redis", "ours-redis-nohist")),
     Group("presence", "(m) presence: {n} users, each joining and leaving one room in a loop", "presence",
           {"m": ("ours-presence", "ours-nopresence", "ours-redis-presence", "ours-redis-nopresence")}, 50, 20,
-          max_rounds=3, order=("ours-presence", "ours-nopresence", "ours-redis-presence", "ours-redis-nopresence")),
+          # fresh: the memory an earlier round freed would hide the new members
+          fresh=True, max_rounds=3, order=("ours-presence", "ours-nopresence", "ours-redis-presence", "ours-redis-nopresence")),
     Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
           "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
