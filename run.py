@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers > 1:
         command = [sys.executable, os.path.abspath(__file__), *argv, "--workers", "1", "--reuse-port"]
         sys.exit(Supervisor(command, settings.workers).run())
+    if worker and settings.metrics_port is not None:  # each worker scraped on a port of its own
+        settings = dataclasses.replace(settings, metrics_port=settings.metrics_port + int(worker) - 1)
+    if settings.metrics and importlib.util.find_spec("prometheus_client") is None:
+        sys.exit("run.py: --metrics: prometheus_client is not installed (pip install '.[metrics]')")
     try:
         app = make_app(settings)
     except ValueError as exc:  # a bad SESSION_KEY, for one

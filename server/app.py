@@ -14,6 +14,7 @@ from .demo import presence_rooms, setup_demo
 from .headers import security_headers
 from .history import HistorySettings
 from .http_errors import json_errors
+from .metrics import expose_metrics
 from .hub import Hub
 from .origins import same_origin_middleware
 from .redis_backplane import RedisBackplane
@@ -63,11 +64,15 @@ def make_app(settings: Settings | None = None) -> web.Application:
     ), session_check_interval=settings.session_check_interval, max_rooms_per_socket=settings.max_rooms_per_socket,
        presence=presence_rooms if settings.presence else None)
     app[SETTINGS] = settings
+    if settings.metrics:
+        expose_metrics(app, hub, port=settings.metrics_port, host=settings.host)
     setup_demo(app, hub, settings.users)
     app.router.add_static("/static/", STATIC_DIR)
 
     async def started(app: web.Application) -> None:
         log.info("sessions in %s", "Redis" if settings.redis_url else "encrypted cookies")
+        if settings.metrics:
+            log.info("Prometheus metrics at http://%s:%s/metrics", settings.host, settings.metrics_port or settings.port)
 
     app.on_startup.append(started)
     return app

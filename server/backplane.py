@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol, Union
+from types import MappingProxyType
+from typing import Awaitable, Callable, Mapping, Protocol, Union
 
 from .history import HistorySettings, MemoryHistory, Position, Replay
 
@@ -51,6 +52,11 @@ class LocalRooms(Protocol):
 
 class Backplane(ABC):
     """Carries messages to every hub that shares it, and counts room members across them."""
+
+    # Read by the metrics (server/metrics.py); the implementations count them.
+    published: int = 0  # messages published
+    received: int = 0  # messages received from other processes
+    errors: Mapping[str, int] = MappingProxyType({})  # operations that failed, by operation
 
     @abstractmethod
     async def start(self, deliver: Deliver, rooms: LocalRooms) -> None:
@@ -116,6 +122,7 @@ class LocalBackplane(Backplane):
     async def publish(self, message: Message) -> None:
         if self._deliver is None:
             raise RuntimeError("the backplane is not started: call `await hub.start()` first")
+        self.published += 1
         if type(message) is Emit and message.keep:
             assert self._history is not None and message.room is not None, "keep needs history and a room"
             position, frame = self._history.append(message.room, message.frame)

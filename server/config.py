@@ -34,6 +34,8 @@ class Settings:
     log_level: str = "info"
     loop: str = "auto"  # auto (uvloop when installed), asyncio, uvloop
     log_format: str = "text"  # text, json
+    metrics: bool = False  # GET /metrics (Prometheus)
+    metrics_port: int | None = None  # ... on a port of its own instead of `port`
     workers: int = 1
     reuse_port: bool = False  # set by the supervisor of --workers for each worker
     session_check_interval: float = 15.0
@@ -101,6 +103,12 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
                    help="HEARTBEAT: ping every socket this often, close it if no pong (%(default)s; 0: off)")
     p.add_argument("--log-format", choices=("text", "json"), default=env("LOG_FORMAT", d.log_format),
                    help="LOG_FORMAT: text lines, or one JSON object per line (%(default)s)")
+    p.add_argument("--metrics", action="store_true", default=_flag(env("METRICS")),
+                   help="METRICS=1: serve Prometheus metrics at GET /metrics (needs prometheus_client: "
+                        "pip install '.[metrics]')")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", default=env("METRICS_PORT") or None,
+                   help="METRICS_PORT: serve /metrics on this port of --host instead of the main port "
+                        "(implies --metrics); with --workers N, worker k serves it on PORT+k-1")
     p.add_argument("--workers", type=int, metavar="N", default=env("WORKERS", str(d.workers)),
                    help="WORKERS: processes serving one port (SO_REUSEPORT), restarted when one dies; "
                         "more than 1 needs --redis (%(default)s)")
@@ -151,6 +159,9 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     if args.workers > 1 and not args.redis_url:
         p.error(f"--workers {args.workers} needs --redis: without Redis, nothing would carry sessions, "
                 "logouts, rooms and emits from one worker to the others")
+    if args.workers > 1 and args.metrics and args.metrics_port is None:
+        p.error(f"--metrics with --workers {args.workers} needs --metrics-port: on the shared port a scrape "
+                "would reach one worker at random")
     if args.redis_timeout <= 0:
         p.error("--redis-timeout must be more than 0 seconds")
     if args.redis_url:
@@ -184,6 +195,8 @@ def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         reuse_port=args.reuse_port,
         loop=args.loop,
         log_format=args.log_format,
+        metrics=args.metrics or args.metrics_port is not None,
+        metrics_port=args.metrics_port,
         session_check_interval=args.session_check_interval,
         rate_limit=args.rate_limit,
         rate_limit_bytes=args.rate_limit_bytes,

@@ -23,6 +23,7 @@ from .backplane import Backplane, Disconnect, Emit, LocalBackplane, Message
 from .codes import CloseCode
 from .errors import CloseConnection, Forbidden, InvalidData, LimitReached, Unauthorized, Unavailable, UnknownEvent
 from .history import Joined, Position
+from .metrics import NO_METRICS, Probe
 from .presence import Presence, presence_for
 from .protocol import EVENT_NAME, Event, encode_event, open_room_event
 from .rooms import Rooms
@@ -105,6 +106,9 @@ class Hub:
         if presence is not None:
             self._presence = presence_for(self.backplane)
             self._handlers["presence"] = self._presence_event
+        # What the hub, the transport and sockets count: nothing until metrics are exposed
+        # (server/metrics.py, `expose_metrics`).
+        self.metrics: Probe = NO_METRICS
 
     # -- registration ----------------------------------------------------------------
 

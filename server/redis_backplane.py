@@ -36,6 +36,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from typing import Callable
 
 import orjson
@@ -60,6 +61,7 @@ class RedisBackplane(Backplane):
         self.ttl = ttl
         self.linger = linger
         self.local_only = 0  # messages that could not be published (Redis unreachable)
+        self.errors: Counter[str] = Counter()
         self._channel = prefix + "all"
         self._room_prefix = prefix + "r:"
         self._subscribed: set[str] = set()  # rooms whose channel Redis has confirmed
@@ -112,6 +114,7 @@ class RedisBackplane(Backplane):
     async def publish(self, message: Message) -> None:
         assert self._deliver is not None, "the backplane is not started"
         channel = self._channel if message.room is None else self._room_prefix + message.room
+        self.published += 1
         if type(message) is Emit and message.keep:
             await self._keep(message, channel)
             return
@@ -168,6 +171,7 @@ class RedisBackplane(Backplane):
         try:
             await asyncio.shield(task)  # another join may be waiting for the same subscription
         except RedisUnavailable:
+            self.errors["subscribe"] += 1
             raise Unavailable("rooms are unavailable while Redis is unreachable") from None
 
     def unlisten(self, room: str) -> None:
@@ -208,6 +212,7 @@ class RedisBackplane(Backplane):
             prefix = self._instance_prefix.encode()
             alive = await self.link.call("MGET", *[prefix + i for i in others]) if others else []
         except (RedisUnavailable, ReplyError):
+            self.errors["count"] += 1
             raise Unavailable("room sizes are unavailable while Redis is unreachable") from None
         dead = [i for i, a in zip(others, alive) if a is None]
         if dead:
@@ -230,12 +235,14 @@ class RedisBackplane(Backplane):
                 self._counted.discard(room)
                 await self.link.call("HDEL", key, self.instance)
         except (RedisUnavailable, ReplyError):
+            self.errors["room_size"] += 1
             self._unsynced.add(room)
             raise Unavailable("rooms are unavailable while Redis is unreachable") from None
         self._unsynced.discard(room)
 
     def _lost(self, message: Message, exc: Exception) -> None:
         self.local_only += 1
+        self.errors["publish"] += 1
         self._unlogged += 1
         now = time.monotonic()
         if now - self._logged_at >= 10:
@@ -251,6 +258,8 @@ class RedisBackplane(Backplane):
         except Exception:
             log.exception("unreadable message on the backplane, dropped")
             return
+        if origin != self.instance:
+            self.received += 1
         if origin != self.instance or (type(message) is Emit and message.keep):  # kept: not delivered at publish
             self._inbox.put_nowait(message)
 

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable, Iterable, TypeVar
 
 from aiohttp import web
@@ -65,6 +66,7 @@ class RedisStorage(AbstractStorage):
         self.link = link
         self.cache = cache
         self.prefix = self.cookie_name + "_"
+        self.errors: Counter[str] = Counter()  # failed operations, by operation (for metrics)
 
     def key(self, identity: str) -> str:
         return self.prefix + identity
@@ -80,6 +82,7 @@ class RedisStorage(AbstractStorage):
         try:
             return self.cache.cached(key)
         except RedisUnavailable:
+            self.errors["read"] += 1
             raise _unavailable() from None
 
     async def read(self, key: str) -> bytes | None:
@@ -94,6 +97,7 @@ class RedisStorage(AbstractStorage):
             value: bytes | None = await self.link.call("GET", key)
             return value
         except (RedisUnavailable, ReplyError):
+            self.errors["read"] += 1
             raise _unavailable() from None
 
     async def write(self, *command: Any, key: str) -> Any:
@@ -106,6 +110,7 @@ class RedisStorage(AbstractStorage):
         try:
             return await self.link.call(*command)
         except (RedisUnavailable, ReplyError):
+            self.errors["write"] += 1
             raise _unavailable("nothing was saved") from None
         finally:
             self.written(key)  # even a failed write may have been applied
@@ -245,6 +250,7 @@ class RedisSessionBridge(SessionBridge):
         storage = RedisStorage(link, self.cache, max_age=max_age, **{**COOKIE_DEFAULTS, **cookie})
         super().__init__(storage, max_age)
         self._store = storage
+        self.errors = storage.errors  # one count for the bridge and its storage
         self._modifications = _Modifications(storage)
 
     @classmethod
@@ -287,6 +293,7 @@ class RedisSessionBridge(SessionBridge):
         try:
             values = await self.link.call("MGET", *[h.key for h in live if h.key is not None])
         except (RedisUnavailable, ReplyError) as exc:
+            self.errors["check"] += 1
             log.info("session check skipped: %s", exc)
             return ended  # an outage ends no session: the next sweep looks again
         for handle, raw in zip(live, values):

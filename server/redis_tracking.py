@@ -63,8 +63,10 @@ class TrackingCache:
         # Counts `forget` calls: a GET sent before one may have read the old value, so its
         # answer is returned but not cached.
         self.writes = 0
+        # Read by the metrics (server/metrics.py).
+        self.hits = self.misses = self.flushes = 0
         link.on_push.append(self._pushed)
-        link.on_down.append(self._values.clear)
+        link.on_down.append(self._flush)
 
     async def get(self, key: str) -> bytes | None:
         """The value of `key`, from the cache when Redis has not said it changed since.
@@ -76,19 +78,23 @@ class TrackingCache:
         if not self._link.up.is_set():
             raise RedisUnavailable(self._link.cause or "not connected to Redis")
         try:
-            return self._values[name]
+            value = self._values[name]
         except KeyError:
             pass
+        else:
+            self.hits += 1
+            return value
+        self.misses += 1
         writes = self.writes
 
         def store(value: Any) -> None:
             if writes == self.writes:
                 if len(self._values) >= self._max_entries:
-                    self._values.clear()
+                    self._flush()
                 self._values[name] = value
 
-        value: bytes | None = await self._link.call(b"GET", name, on_reply=store)
-        return value
+        read: bytes | None = await self._link.call(b"GET", name, on_reply=store)
+        return read
 
     def cached(self, key: str) -> bytes | None | Missing:
         """The cached value of `key` without waiting, or MISSING: then `get` it.
@@ -98,7 +104,10 @@ class TrackingCache:
         """
         if not self._link.up.is_set():
             raise RedisUnavailable(self._link.cause or "not connected to Redis")
-        return self._values.get(key.encode(), MISSING)
+        value = self._values.get(key.encode(), MISSING)
+        if value is not MISSING:
+            self.hits += 1
+        return value
 
     def forget(self, key: str) -> None:
         """Drop `key` from the cache (this process just wrote it)."""
@@ -108,11 +117,15 @@ class TrackingCache:
     def __len__(self) -> int:
         return len(self._values)
 
+    def _flush(self) -> None:
+        self.flushes += 1
+        self._values.clear()
+
     def _pushed(self, push: Push) -> None:
         if len(push) < 2 or push[0] != b"invalidate":
             return
         if push[1] is None:  # FLUSHALL / FLUSHDB, or Redis's tracking table overflowed
-            self._values.clear()
+            self._flush()
             return
         for key in push[1]:
             self._values.pop(key, None)

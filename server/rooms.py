@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Collection, Generic, Hashable, Iterable, TypeVar
+from typing import Collection, Generic, Hashable, Iterable, Iterator, TypeVar
 
 M = TypeVar("M", bound=Hashable)
 
@@ -55,6 +55,11 @@ class Rooms(Generic[M]):
 
     def count(self, room: str) -> int:
         return len(self._members.get(room, ()))
+
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """Every room and its number of members (for metrics)."""
+        for room, members in self._members.items():
+            yield room, len(members)
 
     def rooms_of(self, member: M) -> Collection[str]:
         return self._rooms.get(member, ())

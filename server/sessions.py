@@ -14,6 +14,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from aiohttp import web
@@ -86,6 +87,8 @@ class SessionBridge:
     def __init__(self, storage: AbstractStorage, max_age: int) -> None:
         self.storage = storage
         self.max_age = max_age
+        # Store operations that failed, by operation (read by server/metrics.py).
+        self.errors: Counter[str] = Counter()
 
     def middleware(self) -> Any:
         """aiohttp-session's middleware, except for websocket upgrades: those get the

@@ -114,6 +114,7 @@ class Socket:
             await self._ws.send_frame(frame, WSMsgType.TEXT)  # type: ignore[union-attr]
         except (ConnectionError, RuntimeError):
             return False
+        self.hub.metrics.sent(len(frame))
         return True
 
     async def send_error(self, code: ErrorCode, message: str, id: int | None = None) -> bool:
@@ -138,11 +139,13 @@ class Socket:
         try:
             if not await self.send_frame(encode_event(event, data, id)):
                 raise SocketClosed(f"socket {self.id} is closed")
+            self.hub.metrics.requested()
             if self._reader is not None:
                 self._reader.read_while_waiting()
             async with asyncio.timeout(timeout):
                 ack = await waiter
         except TimeoutError:
+            self.hub.metrics.request_timed_out()
             raise RequestTimeout(f"the client did not answer {event!r} within {timeout:g} s") from None
         finally:
             self._pending.pop(id, None)

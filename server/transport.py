@@ -86,6 +86,7 @@ class WebSocketEndpoint:
         """Upgrade to a websocket and serve it until it closes."""
         settings = self.settings
         if not origin_allowed(request, settings.allowed_origins):
+            self.hub.metrics.refused("forbidden_origin")
             log.info("refused upgrade from %s: origin %r is not allowed", request.remote,
                      request.headers.get("Origin"), extra={"remote": request.remote, "code": 403})
             raise json_error(web.HTTPForbidden, "forbidden_origin", "this origin may not open a socket here")
@@ -96,11 +97,13 @@ class WebSocketEndpoint:
             timeout=settings.close_timeout,
         )
         if not is_websocket_upgrade(request):  # the rest is checked by prepare()
+            self.hub.metrics.refused("bad_request")
             raise json_error(web.HTTPBadRequest, "bad_request", "expected a websocket upgrade")
         try:
             handle = await self.hub.sessions.open(request)
         except Unavailable as exc:
             # Info, not a warning: the cause is logged once per outage by the Redis link.
+            self.hub.metrics.refused("unavailable")
             log.info("refused upgrade from %s: session store unavailable", request.remote,
                      extra={"remote": request.remote, "code": 503})
             raise json_error(web.HTTPServiceUnavailable, "unavailable", exc.message) from None
@@ -110,6 +113,7 @@ class WebSocketEndpoint:
             await self.hub._admit(socket)
         except CloseConnection as exc:
             # Accept, then close: only so can a browser read the code and reason.
+            self.hub.metrics.refused(exc.code)
             await ws.prepare(request)
             log.info("refused socket from %s: %s (%d)", request.remote, exc.reason, exc.code,
                      extra={"remote": request.remote, "code": exc.code, "reason": exc.reason})
@@ -118,6 +122,7 @@ class WebSocketEndpoint:
 
         user = self._user(_user_key(socket))
         if user.sockets >= settings.max_sockets_per_user:
+            self.hub.metrics.refused(CloseCode.TOO_MANY_SOCKETS)
             await ws.prepare(request)
             log.info("refused socket from %s: user %s has %d sockets open", request.remote,
                      socket.user and socket.user.get("id"), user.sockets,
@@ -133,6 +138,7 @@ class WebSocketEndpoint:
             connection = _Connection(self, socket, ws, user.budget)
             socket._attach(ws, settings.send_limit, connection)
             await self.hub._add(socket)
+            self.hub.metrics.accepted()
             await socket.emit("connected", {"socket": socket.id, "user": socket.user})
             await self.hub._accepted(socket)
             log.info("socket %s connected: user %s from %s", socket.id,
@@ -147,6 +153,7 @@ class WebSocketEndpoint:
                 socket._detach()
                 _abort(request)
                 socket._connection_lost(ws.close_code)
+                self.hub.metrics.closed(socket)
                 await self.hub._remove(socket)
                 await connection.stop()
                 log.info("socket %s closed: code %s", socket.id, socket.close_code,
@@ -170,19 +177,25 @@ class WebSocketEndpoint:
 
     async def run_event(self, socket: Socket, event: Event) -> None:
         """Run one event and answer it: the one place errors become frames or closes."""
+        metrics = self.hub.metrics
+        began = metrics.began()
         try:
             result = await self.hub.dispatch(socket, event)
+            metrics.handled(event.event, "ok", began)
             if event.id is not None:
                 await socket.send_frame(encode_ack(event.id, result))
         except ReplyError as exc:
+            metrics.handled(event.event, exc.code.value, began)
             await socket.send_error(exc.code, exc.message, event.id)
         except CloseConnection as exc:
+            metrics.handled(event.event, "closed", began)
             log.info("closing socket %s: %s (%d)", socket.id, exc.reason, exc.code,
                      extra={"socket": socket.id, "code": exc.code, "reason": exc.reason})
             socket.close_soon(exc.code, exc.reason)
         except SocketClosed:
-            pass
+            metrics.handled(event.event, "socket_closed", began)
         except Exception:
+            metrics.handled(event.event, ErrorCode.INTERNAL.value, began)
             log.exception("handler of %r failed on socket %s", event.event, socket.id,
                           extra={"socket": socket.id, "event": event.event})
             await socket.send_error(ErrorCode.INTERNAL, "the server failed to handle this event", event.id)
@@ -229,7 +242,7 @@ class _Connection:
     """
 
     __slots__ = ("endpoint", "settings", "socket", "ws", "task", "receiving", "handling", "reader", "inbox",
-                 "budget", "user_budget", "paced")
+                 "budget", "user_budget", "paced", "metrics")
 
     def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse,
                  user_budget: ReadBudget) -> None:
@@ -245,6 +258,7 @@ class _Connection:
         self.budget = ReadBudget(settings.rate_limit, settings.rate_limit_bytes)
         self.user_budget = user_budget
         self.paced = settings.rate_limit > 0 or settings.rate_limit_bytes > 0
+        self.metrics = endpoint.hub.metrics
 
     # -- called by the socket ----------------------------------------------------------
 
@@ -373,6 +387,7 @@ class _Connection:
             finally:
                 self.handling = False
         else:
+            self.metrics.handled(None, item.code.value, 0.0)  # type: ignore[union-attr]
             await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
 
     async def _pace(self, msg: WSMessage) -> None:
@@ -392,15 +407,18 @@ class _Connection:
 
     async def _refuse(self, item: Event | ReplyError) -> None:
         if type(item) is Event:
+            self.metrics.handled(item.event, ErrorCode.RATE_LIMITED.value, 0.0)
             await self.socket.send_error(ErrorCode.RATE_LIMITED, "too many events wait for a handler that waits "
                                          "for your answer; send this one again later", item.id)
         else:
+            self.metrics.handled(None, item.code.value, 0.0)  # type: ignore[union-attr]
             await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
 
     def _accept(self, msg: WSMessage) -> Event | ReplyError | object | None:
         """What a received message asks for: an event or an error to answer, _CLOSED, or None."""
         socket = self.socket
         if msg.type is WSMsgType.TEXT:
+            self.metrics.read(len(msg.data))
             try:
                 frame = parse_frame(msg.data)
             except BadFrame as exc:
@@ -411,6 +429,7 @@ class _Connection:
                 return BadFrame(f"no server request {frame.ack} is waiting for an answer (it may have timed out)")
             return frame
         if msg.type is WSMsgType.BINARY:
+            self.metrics.read(len(msg.data))
             return BadFrame("binary frames are not accepted: send JSON text frames")
         if msg.type is WSMsgType.ERROR:
             if getattr(msg.data, "code", None) == CloseCode.MESSAGE_TOO_BIG:
