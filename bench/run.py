@@ -1,11 +1,13 @@
 """The bench runner: every scenario of issue 5, against raw aiohttp and python-socketio, the
-storm and soak of issue 8, and two attacks, in one run on this machine; writes bench/RESULTS.md.
+storm and soak of issue 8, and two attacks, in one run on this machine; writes bench/RESULTS.md,
+its figures as bench/RESULTS.json, and its charts in bench/charts/ (bench/charts.py).
 
     python -m bench                      # the full run (about 27 minutes; (g), (h) about 7 of them, (i), (j) 10)
     python -m bench --quick              # a smoke check (about 3 minutes) -> bench/RESULTS-quick.md
     python -m bench --scenarios a,b --duration 3 --rounds 5
     python -m bench --scenarios g,h --soak-duration 60     # the storm, and a shorter soak
     python -m bench --scenarios i,j      # the login flood and the costly frames
+    python -m bench --scenarios n --output /tmp/metrics.md   # echo with and without run.py --metrics
 
 Each server runs as its own process pinned to core 0 (`taskset -c 0`); the load generator
 (bench/loadgen.py) is a separate process pinned to core 1, and so is the private
@@ -128,6 +130,7 @@ SERVERS = {s.key: s for s in [
     Server("ours-fresh", "ours, cookie storage, a new cookie for every handshake", "ours", "ours",
            loadgen_args=("--fresh-cookies",)),
     Server("ours-info", "ours, cookie storage, default --log-level info", "ours", "ours", log_level="info"),
+    Server("ours-metrics", "ours, cookie storage, run.py --metrics", "ours", "ours", args=("--metrics",)),
     Server("ours-2proc", "ours x2 processes, Redis backplane", "ours", "ours", redis=True, processes=2),
     Server("raw", "raw aiohttp + stdlib json", "raw", "raw"),
     Server("raw-cold", "raw aiohttp + stdlib json, cold allocator (see notes)", "raw", "raw",
@@ -204,10 +207,12 @@ class Group:
 
 
 GROUPS = [
-    Group("echo", "(a), (b) echo with ack: 50 connections ping-ponging", "echo",
+    Group("echo", "(a), (b), (n) echo with ack: 50 connections ping-ponging", "echo",
           {"a": ("ours", "raw", "raw-cold", "rawstr", "sio", "ours-uvloop"),
-           "b": ("ours-redis", "ours-redis-own", "raw", "ours-redis-uvloop", "ours-workers2")}, 50, 50,
-          order=("ours", "raw", "ours-redis-own", "ours-redis", "ours-uvloop", "ours-redis-uvloop", "ours-workers2",
+           "b": ("ours-redis", "ours-redis-own", "raw", "ours-redis-uvloop", "ours-workers2"),
+           "n": ("ours", "ours-metrics", "raw")}, 50, 50,
+          order=("ours", "ours-metrics", "raw", "ours-redis-own", "ours-redis", "ours-uvloop", "ours-redis-uvloop",
+                 "ours-workers2",
                  "raw-cold", "rawstr", "sio")),
     Group("fanout", "(c), (f) fan-out: one room of 1,000 sockets", "fanout",
           {"c": ("ours", "raw", "sio"), "f": ("ours-2proc", "ours", "raw", "ours-workers2")}, 1000, 200,
@@ -243,7 +248,7 @@ GROUPS = [
     Group("frames", "(j) costly frames: a bystander's echoes while one user sends frames expensive to parse",
           "frames", {"j": ("ours", "ours-budgets")}, 20, 20, max_rounds=3, order=("ours", "ours-budgets")),
 ]
-LETTERS = "abcdefghijklm"
+LETTERS = "abcdefghijklmn"
 ATTACKS = ("logins", "frames")
 
 
@@ -557,6 +562,9 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]], letters: se
     if "a" in letters:
         cpu_target("a", "echo with ack, cookie storage, reload_session on", "echo", "ours", "raw",
                    "raw aiohttp JSON echo", 1.1)
+    if "n" in letters:
+        cpu_target("n", "echo with ack, cookie storage, run.py --metrics (issue 15)", "echo", "ours-metrics", "ours",
+                   "ours without --metrics", 1.03)
     if "b" in letters:
         cpu_target("b", "echo with ack, Redis storage, one session for all sockets, reload before every message",
                    "echo", "ours-redis", "raw", "raw aiohttp JSON echo", 1.1)
@@ -776,7 +784,7 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "times, within a retry budget for the whole run; the quietest attempt is kept; (e) is not "
         "retried).",
         "",
-        "## Targets (issues 5, 8, 11 and 12)",
+        "## Targets (issues 5, 8, 11, 12 and 15)",
         "",
         "Ours and the reference are medians over the rounds; the ratio is the median of the per-round ratios "
         "(each pairs two measurements taken one after the other, which drift least), so it need not equal "
@@ -860,8 +868,9 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
         "one user's 50 sockets at tens of thousands of events a second. The benchmarks measure the server's "
         "cost per unit of work, not its limits; (j) measures the limits.",
         "",
-        "Raw per-run figures are in the JSON file written next to this one (`bench/results-*.json`, "
-        "not committed).",
+        "Raw per-run figures are in the JSON file of the same name next to this one (bench/RESULTS.json, "
+        "committed; the charts are drawn from it, and `python -m bench.charts` draws them again), and in "
+        "`bench/results-*.json` (one per run, not committed).",
         "",
     ]
     return "\n".join(lines)
@@ -1010,7 +1019,8 @@ def parse_args(argv: list[str] | None) -> Options:
                                        "g upgrade storm, h soak with faults (two processes, Redis restart, "
                                        "a killed process), i login flood beside a bystander's socket, "
                                        "j costly frames beside a bystander's socket, l fan-out with room history on and off, "
-                                       "m presence on and off (CPU per join+leave, memory per member).")
+                                       "m presence on and off (CPU per join+leave, memory per member), "
+                                       "n echo with and without run.py --metrics.")
     p.add_argument("--quick", action="store_true", help="short runs, one round, fewer sockets: a smoke check")
     p.add_argument("--scenarios", default=",".join(LETTERS), help="comma-separated letters (default: all)")
     p.add_argument("--duration", type=float, help="seconds in each measured window (default 3; quick: 1)")
@@ -1081,9 +1091,19 @@ def main(argv: list[str] | None = None) -> None:
         log("warning: server/ or run.py changed during the run")
     opts.output.write_text(render(all_results, opts, started, finished, code))
     raw = BENCH / f"results-{started:%Y%m%d-%H%M%S}.json"
-    raw.write_text(json.dumps({"command": opts.command, "started": started.isoformat(), "results": all_results},
-                              indent=1))
-    log(f"wrote {opts.output} and {raw}")
+    document = json.dumps({"command": opts.command, "started": started.isoformat(), "code": code[0],
+                           "results": all_results}, indent=1) + "\n"
+    raw.write_text(document)
+    # The same beside the Markdown file (bench/RESULTS.json is committed): the charts can
+    # be drawn again from it (`python -m bench.charts`).
+    opts.output.with_suffix(".json").write_text(document)
+    log(f"wrote {opts.output}, {opts.output.with_suffix('.json')} and {raw}")
+    try:
+        from bench.charts import charts_folder, draw, embed
+        embed(opts.output, draw(all_results, charts_folder(opts.output)))
+        log(f"drew the charts in {charts_folder(opts.output)}")
+    except (ImportError, SystemExit) as exc:  # matplotlib missing: the figures are written all the same
+        log(f"no charts: {exc}")
     for t in targets(all_results, opts.letters):
         result = "-" if t.passed is None else ("PASS" if t.passed else "MISS " + t.miss)
         ratio = "-" if t.ratio is None else f"{t.ratio:.2f}x"

@@ -14,8 +14,8 @@ from .demo import presence_rooms, setup_demo
 from .headers import security_headers
 from .history import HistorySettings
 from .http_errors import json_errors
-from .metrics import expose_metrics
 from .hub import Hub
+from .metrics import expose_metrics
 from .origins import same_origin_middleware
 from .redis_backplane import RedisBackplane
 from .redis_sessions import RedisSessionBridge
