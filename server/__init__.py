@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
     from .history import HistorySettings, Joined, Position, parse_since
     from .hub import Hub, reload_session, require_user, session_room, user_room
+    from .metrics import expose_metrics
     from .origins import same_origin_middleware
     from .protocol import Event
     from .redis_sessions import RedisSessionBridge
@@ -84,6 +85,7 @@ _EXPORTS = {
     "require_user": "hub",
     "session_room": "hub",
     "user_room": "hub",
+    "expose_metrics": "metrics",
     "same_origin_middleware": "origins",
     "RedisSessionBridge": "redis_sessions",
     "json_then": "responses",
@@ -128,6 +130,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnknownEvent",
+    "expose_metrics",
     "json_then",
     "new_key",
     "parse_since",
