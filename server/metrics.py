@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping
 
@@ -54,6 +55,8 @@ REFUSALS = ("forbidden_origin", "bad_request", "unavailable", "unauthorized", "t
 STORE_OPS = ("read", "write", "check")
 BACKPLANE_OPS = ("publish", "subscribe", "count", "room_size")
 INSTALL = "pip install 'aiohttp-session-sockets[metrics]'"
+_now = time.perf_counter
+_bisect = bisect.bisect_left
 
 
 class Probe:
@@ -94,18 +97,30 @@ class Probe:
 NO_METRICS = Probe()
 
 
+class _Event:
+    """The counts of one event name: outcomes, and handler latency in BUCKETS."""
+
+    __slots__ = ("name", "ok", "outcomes", "buckets", "seconds")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ok = 0  # apart from `outcomes`: the common case costs no dict update
+        self.outcomes: dict[str, int] = {}
+        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one: above every bound
+        self.seconds = 0.0
+
+
 class Metrics(Probe):
     """The hooks that count, and the collector that reports the counts to Prometheus."""
 
     __slots__ = ("hub", "registry", "frames_in", "bytes_in", "frames_out", "bytes_out", "events",
-                 "latency", "upgrades", "refusals", "closes", "requests", "request_timeouts")
+                 "upgrades", "refusals", "closes", "requests", "request_timeouts")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
-        self.events: dict[tuple[str, str], int] = {}  # (event, outcome) -> count
-        # event -> [count per bucket (the last one: above every bound)..., sum of seconds]
-        self.latency: dict[str, list[float]] = {}
+        # Registered event names (and "unknown") -> their counts; never a name without a handler.
+        self.events: dict[str | None, _Event] = {UNKNOWN: _Event(UNKNOWN)}
         self.upgrades = 0
         self.refusals: dict[str, int] = {}
         self.closes: dict[tuple[str, str], int] = {}  # (code, who closed) -> count
@@ -114,20 +129,26 @@ class Metrics(Probe):
 
     # -- hooks (hot: plain arithmetic only) ------------------------------------------------
 
-    def began(self) -> float:
-        return time.perf_counter()
+    began = staticmethod(time.perf_counter)  # a C function: no Python frame
 
     def handled(self, event: str | None, outcome: str, began: float) -> None:
-        name = UNKNOWN if event is None or event not in self.hub._handlers else event
-        key = (name, outcome)
-        self.events[key] = self.events.get(key, 0) + 1
+        row = self.events.get(event)
+        if row is None:
+            row = self._row(event)
+        if outcome == "ok":
+            row.ok += 1
+        else:
+            row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
         if began:
-            took = time.perf_counter() - began
-            counts = self.latency.get(name)
-            if counts is None:
-                counts = self.latency[name] = [0.0] * (len(BUCKETS) + 2)
-            counts[bisect.bisect_left(BUCKETS, took)] += 1
-            counts[-1] += took
+            took = _now() - began
+            row.buckets[_bisect(BUCKETS, took)] += 1  # `le` buckets: a bound counts as within
+            row.seconds += took
+
+    def _row(self, event: str | None) -> _Event:
+        if event is None or event not in self.hub._handlers:
+            return self.events[UNKNOWN]  # not remembered by name: clients choose those names
+        row = self.events[event] = _Event(event)
+        return row
 
     def read(self, size: int) -> None:
         self.frames_in += 1
@@ -185,16 +206,20 @@ class Metrics(Probe):
         yield counter("upgrades_accepted", "Websocket upgrades accepted.", values=self.upgrades)
         yield counter("upgrades_refused", "Websocket upgrades refused, by reason.", ("reason",),
                       {**dict.fromkeys(REFUSALS, 0), **self.refusals})
+        for name in list(hub._handlers):
+            if name not in self.events:
+                self._row(name)  # a registered event shows `ok 0` before its first call
+        rows = sorted(self.events.values(), key=lambda row: row.name)
+        outcomes = {(row.name, outcome): count for row in rows
+                    for outcome, count in (("ok", row.ok), *row.outcomes.items()) if count or row.name != UNKNOWN}
         yield counter("events", "Frames answered, by event (registered handlers; else unknown) and outcome "
-                                "(ok, or the error code).", ("event", "outcome"), self.events)
+                                "(ok, or the error code).", ("event", "outcome"), outcomes)
         latency = HistogramMetricFamily(PREFIX + "event_duration_seconds",
                                         "Time from an event's dispatch to its handler's return.", labels=("event",))
-        for name, counts in sorted(self.latency.items()):
-            buckets, total = [], 0.0
-            for bound, count in zip((*map(str, BUCKETS), "+Inf"), counts):
-                total += count
-                buckets.append((bound, total))
-            latency.add_metric((name,), buckets, counts[-1])
+        for row in rows:
+            if any(row.buckets):
+                cumulative = itertools.accumulate(row.buckets)
+                latency.add_metric((row.name,), list(zip((*map(str, BUCKETS), "+Inf"), cumulative)), row.seconds)
         yield latency
         yield counter("closes", "Socket connections ended, by close code and by who closed.",
                       ("code", "by"), {(str(int(CloseCode.TOO_SLOW)), "server"): 0, **self.closes})
