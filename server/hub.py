@@ -214,7 +214,8 @@ class Hub:
                 await hook(socket)
             except Exception:
                 log.exception("on_closed hook %s failed on socket %s", _name(hook), socket.id)
-        self.sockets.pop(socket.id, None)
+        if self.sockets.pop(socket.id, None) is not None:
+            self.metrics.closed(socket)  # at the moment it leaves `sockets`: its frames counted once
         for room in self.rooms.remove(socket):
             self._release(room, socket)
             if not self.rooms.count(room):

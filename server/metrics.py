@@ -22,7 +22,6 @@ rooms never.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import itertools
 import time
@@ -43,8 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["METRICS", "NO_METRICS", "Metrics", "Probe", "expose_metrics"]
 
 PREFIX = "session_sockets_"
-# Handler latency buckets, in seconds: most handlers take 0.1 to 10 ms.
-BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Handler latency buckets: powers of two of nanoseconds, 2**17 (131 us) to 2**33 (8.6 s).
+# A duration's bucket is its `bit_length()`, one C call: finding it among decimal bounds
+# (bisect) cost more than the rest of the hook.
+BUCKET_BITS = range(17, 34)
 # Close codes that get a label value of their own; a client may close with any code from
 # 3000 to 4999, and those are counted as "other".
 NAMED_CODES = frozenset(int(c) for c in CloseCode) | {1002, 1003, 1005, 1006, 1008, 1010}
@@ -55,27 +56,29 @@ REFUSALS = ("forbidden_origin", "bad_request", "unavailable", "unauthorized", "t
 STORE_OPS = ("read", "write", "check")
 BACKPLANE_OPS = ("publish", "subscribe", "count", "room_size")
 INSTALL = "pip install 'aiohttp-session-sockets[metrics]'"
-_now = time.perf_counter
-_bisect = bisect.bisect_left
+_now = time.perf_counter_ns
 
 
 class Probe:
-    """The hooks the hub, the transport and sockets call; these do nothing (metrics off)."""
+    """The hooks the hub, the transport and sockets call; these do nothing (metrics off).
+
+    On the path of every message even a call that does nothing costs a Python frame (about
+    1% of an echo), so there the callers ask first: a socket copies `on` when it is
+    accepted (`Socket._counting`); while it is set, the transport and the socket count the
+    socket's frames and bytes themselves, and time each event for `handled`.
+    """
 
     __slots__ = ()
 
-    def began(self) -> float:
-        """The time an event's handling began (0.0 when nothing is measured)."""
-        return 0.0
+    on = False
 
-    def handled(self, event: str | None, outcome: str, began: float) -> None:
-        """An event (None: a frame that was no event) was answered with `outcome`."""
+    def handled(self, event: str, began: int) -> None:
+        """An event's handler returned (its ack, if any, follows); `began`: perf_counter_ns()
+        before it ran."""
 
-    def read(self, size: int) -> None:
-        """A data frame of `size` bytes was read."""
-
-    def sent(self, size: int) -> None:
-        """A frame of `size` bytes was sent."""
+    def failed(self, event: str | None, outcome: str, began: int) -> None:
+        """An event (None: a frame that was no event) was answered with the error `outcome`
+        (began 0: refused before any handler ran)."""
 
     def accepted(self) -> None:
         """An upgrade was accepted."""
@@ -85,7 +88,8 @@ class Probe:
         the socket was accepted and closed with."""
 
     def closed(self, socket: Socket) -> None:
-        """An accepted socket's connection ended (`socket.close_code` says how)."""
+        """An accepted socket's connection ended (`socket.close_code` says how); called
+        as it leaves `hub.sockets`, so that its frames are counted once."""
 
     def requested(self) -> None:
         """A server request was sent to a client."""
@@ -98,16 +102,20 @@ NO_METRICS = Probe()
 
 
 class _Event:
-    """The counts of one event name: outcomes, and handler latency in BUCKETS."""
+    """The counts of one event name: outcomes, and handler latency by BUCKET_BITS."""
 
-    __slots__ = ("name", "ok", "outcomes", "buckets", "seconds")
+    __slots__ = ("name", "outcomes", "timed_failures", "buckets", "ns")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.ok = 0  # apart from `outcomes`: the common case costs no dict update
-        self.outcomes: dict[str, int] = {}
-        self.buckets = [0] * (len(BUCKETS) + 1)  # the last one: above every bound
-        self.seconds = 0.0
+        self.outcomes: dict[str, int] = {}  # the errors; `ok` is what the buckets hold besides
+        self.timed_failures = 0  # errors of a handler that ran (they are in the buckets too)
+        self.buckets = [0] * 64  # durations in ns by their bit_length: [k] holds 2**(k-1) <= ns < 2**k
+        self.ns = 0  # their sum
+
+    @property
+    def ok(self) -> int:
+        return sum(self.buckets) - self.timed_failures
 
 
 class Metrics(Probe):
@@ -118,6 +126,7 @@ class Metrics(Probe):
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        # Frames and bytes of the sockets that closed; open ones count their own (Socket).
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
         # Registered event names (and "unknown") -> their counts; never a name without a handler.
         self.events: dict[str | None, _Event] = {UNKNOWN: _Event(UNKNOWN)}
@@ -129,34 +138,29 @@ class Metrics(Probe):
 
     # -- hooks (hot: plain arithmetic only) ------------------------------------------------
 
-    began = staticmethod(time.perf_counter)  # a C function: no Python frame
+    on = True
 
-    def handled(self, event: str | None, outcome: str, began: float) -> None:
-        row = self.events.get(event)
-        if row is None:
-            row = self._row(event)
-        if outcome == "ok":
-            row.ok += 1
-        else:
-            row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
+    def handled(self, event: str, began: int) -> None:
+        # The path of every message: kept to a few bytecodes (bench (l)).
+        took = _now() - began
+        row = self.events.get(event) or self._row(event)
+        row.buckets[took.bit_length()] += 1  # an ok is counted there only
+        row.ns += took
+
+    def failed(self, event: str | None, outcome: str, began: int) -> None:
+        row = self.events.get(event) or self._row(event)
+        row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
         if began:
             took = _now() - began
-            row.buckets[_bisect(BUCKETS, took)] += 1  # `le` buckets: a bound counts as within
-            row.seconds += took
+            row.buckets[took.bit_length()] += 1
+            row.ns += took
+            row.timed_failures += 1
 
     def _row(self, event: str | None) -> _Event:
         if event is None or event not in self.hub._handlers:
             return self.events[UNKNOWN]  # not remembered by name: clients choose those names
         row = self.events[event] = _Event(event)
         return row
-
-    def read(self, size: int) -> None:
-        self.frames_in += 1
-        self.bytes_in += size
-
-    def sent(self, size: int) -> None:
-        self.frames_out += 1
-        self.bytes_out += size
 
     def accepted(self) -> None:
         self.upgrades += 1
@@ -167,6 +171,10 @@ class Metrics(Probe):
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
     def closed(self, socket: Socket) -> None:
+        self.frames_in += socket._frames_in
+        self.bytes_in += socket._bytes_in
+        self.frames_out += socket._frames_out
+        self.bytes_out += socket._bytes_out
         code = socket.close_code
         key = (str(code) if code in NAMED_CODES else "none" if code is None else "other",
                "client" if socket.close_reason is None else "server")
@@ -218,16 +226,20 @@ class Metrics(Probe):
                                         "Time from an event's dispatch to its handler's return.", labels=("event",))
         for row in rows:
             if any(row.buckets):
-                cumulative = itertools.accumulate(row.buckets)
-                latency.add_metric((row.name,), list(zip((*map(str, BUCKETS), "+Inf"), cumulative)), row.seconds)
+                below = list(itertools.accumulate(row.buckets))  # below[k]: durations < 2**k ns
+                buckets = [(repr(2 ** k / 1e9), below[k]) for k in BUCKET_BITS] + [("+Inf", below[-1])]
+                latency.add_metric((row.name,), buckets, row.ns / 1e9)
         yield latency
         yield counter("closes", "Socket connections ended, by close code and by who closed.",
                       ("code", "by"), {(str(int(CloseCode.TOO_SLOW)), "server"): 0, **self.closes})
-        yield counter("frames_received", "Data frames read from clients.", values=self.frames_in)
+        sockets = list(hub.sockets.values())
+        yield counter("frames_received", "Data frames read from clients.",
+                      values=self.frames_in + sum(s._frames_in for s in sockets))
         yield counter("received_bytes", "Payload of the data frames read (text frames: characters).",
-                      values=self.bytes_in)
-        yield counter("frames_sent", "Frames sent to clients.", values=self.frames_out)
-        yield counter("sent_bytes", "Payload of the frames sent.", values=self.bytes_out)
+                      values=self.bytes_in + sum(s._bytes_in for s in sockets))
+        yield counter("frames_sent", "Frames sent to clients.",
+                      values=self.frames_out + sum(s._frames_out for s in sockets))
+        yield counter("sent_bytes", "Payload of the frames sent.", values=self.bytes_out + sum(s._bytes_out for s in sockets))
         yield counter("server_requests", "Server requests sent to clients (socket.request).", values=self.requests)
         yield counter("server_request_timeouts", "Server requests the client did not answer in time.",
                       values=self.request_timeouts)

@@ -39,7 +39,8 @@ class Socket:
     __slots__ = (
         "id", "hub", "http_request", "handle", "user", "close_code",
         "close_reason", "_ws", "_transport", "_send_limit", "_reader", "_last_request_id",
-        "_pending", "_closing", "__weakref__",
+        "_pending", "_closing", "_counting", "_frames_in", "_bytes_in", "_frames_out", "_bytes_out",
+        "__weakref__",
     )
 
     def __init__(self, hub: Hub, request: web.Request, handle: SessionHandle) -> None:
@@ -58,6 +59,9 @@ class Socket:
         self._last_request_id = 0
         self._pending: dict[int, asyncio.Future[Ack]] = {}
         self._closing = False
+        # Frames and bytes, counted while `_counting` (metrics are on; server/metrics.py reads them).
+        self._counting: bool = hub.metrics.on
+        self._frames_in = self._bytes_in = self._frames_out = self._bytes_out = 0
 
     def _attach(self, ws: web.WebSocketResponse, send_limit: int, reader: Reader) -> None:
         """Bind to the prepared websocket (called by the transport).
@@ -114,7 +118,9 @@ class Socket:
             await self._ws.send_frame(frame, WSMsgType.TEXT)  # type: ignore[union-attr]
         except (ConnectionError, RuntimeError):
             return False
-        self.hub.metrics.sent(len(frame))
+        if self._counting:
+            self._frames_out += 1
+            self._bytes_out += len(frame)
         return True
 
     async def send_error(self, code: ErrorCode, message: str, id: int | None = None) -> bool:

@@ -153,7 +153,6 @@ class WebSocketEndpoint:
                 socket._detach()
                 _abort(request)
                 socket._connection_lost(ws.close_code)
-                self.hub.metrics.closed(socket)
                 await self.hub._remove(socket)
                 await connection.stop()
                 log.info("socket %s closed: code %s", socket.id, socket.close_code,
@@ -177,25 +176,25 @@ class WebSocketEndpoint:
 
     async def run_event(self, socket: Socket, event: Event) -> None:
         """Run one event and answer it: the one place errors become frames or closes."""
-        metrics = self.hub.metrics
-        began = metrics.began()
+        began = time.perf_counter_ns() if socket._counting else 0
         try:
             result = await self.hub.dispatch(socket, event)
-            metrics.handled(event.event, "ok", began)
+            if began:
+                self.hub.metrics.handled(event.event, began)
             if event.id is not None:
                 await socket.send_frame(encode_ack(event.id, result))
         except ReplyError as exc:
-            metrics.handled(event.event, exc.code.value, began)
+            self.hub.metrics.failed(event.event, exc.code.value, began)
             await socket.send_error(exc.code, exc.message, event.id)
         except CloseConnection as exc:
-            metrics.handled(event.event, "closed", began)
+            self.hub.metrics.failed(event.event, "closed", began)
             log.info("closing socket %s: %s (%d)", socket.id, exc.reason, exc.code,
                      extra={"socket": socket.id, "code": exc.code, "reason": exc.reason})
             socket.close_soon(exc.code, exc.reason)
         except SocketClosed:
-            metrics.handled(event.event, "socket_closed", began)
+            self.hub.metrics.failed(event.event, "socket_closed", began)
         except Exception:
-            metrics.handled(event.event, ErrorCode.INTERNAL.value, began)
+            self.hub.metrics.failed(event.event, ErrorCode.INTERNAL.value, began)
             log.exception("handler of %r failed on socket %s", event.event, socket.id,
                           extra={"socket": socket.id, "event": event.event})
             await socket.send_error(ErrorCode.INTERNAL, "the server failed to handle this event", event.id)
@@ -242,7 +241,7 @@ class _Connection:
     """
 
     __slots__ = ("endpoint", "settings", "socket", "ws", "task", "receiving", "handling", "reader", "inbox",
-                 "budget", "user_budget", "paced", "metrics")
+                 "budget", "user_budget", "paced")
 
     def __init__(self, endpoint: WebSocketEndpoint, socket: Socket, ws: web.WebSocketResponse,
                  user_budget: ReadBudget) -> None:
@@ -258,7 +257,6 @@ class _Connection:
         self.budget = ReadBudget(settings.rate_limit, settings.rate_limit_bytes)
         self.user_budget = user_budget
         self.paced = settings.rate_limit > 0 or settings.rate_limit_bytes > 0
-        self.metrics = endpoint.hub.metrics
 
     # -- called by the socket ----------------------------------------------------------
 
@@ -387,7 +385,7 @@ class _Connection:
             finally:
                 self.handling = False
         else:
-            self.metrics.handled(None, item.code.value, 0.0)  # type: ignore[union-attr]
+            self.endpoint.hub.metrics.failed(None, item.code.value, 0)  # type: ignore[union-attr]
             await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
 
     async def _pace(self, msg: WSMessage) -> None:
@@ -407,18 +405,20 @@ class _Connection:
 
     async def _refuse(self, item: Event | ReplyError) -> None:
         if type(item) is Event:
-            self.metrics.handled(item.event, ErrorCode.RATE_LIMITED.value, 0.0)
+            self.endpoint.hub.metrics.failed(item.event, ErrorCode.RATE_LIMITED.value, 0)
             await self.socket.send_error(ErrorCode.RATE_LIMITED, "too many events wait for a handler that waits "
                                          "for your answer; send this one again later", item.id)
         else:
-            self.metrics.handled(None, item.code.value, 0.0)  # type: ignore[union-attr]
+            self.endpoint.hub.metrics.failed(None, item.code.value, 0)  # type: ignore[union-attr]
             await self.socket.send_error(item.code, item.message, item.id)  # type: ignore[union-attr]
 
     def _accept(self, msg: WSMessage) -> Event | ReplyError | object | None:
         """What a received message asks for: an event or an error to answer, _CLOSED, or None."""
         socket = self.socket
         if msg.type is WSMsgType.TEXT:
-            self.metrics.read(len(msg.data))
+            if socket._counting:  # counted on the socket: no call on the path of every frame
+                socket._frames_in += 1
+                socket._bytes_in += len(msg.data)
             try:
                 frame = parse_frame(msg.data)
             except BadFrame as exc:
@@ -429,7 +429,9 @@ class _Connection:
                 return BadFrame(f"no server request {frame.ack} is waiting for an answer (it may have timed out)")
             return frame
         if msg.type is WSMsgType.BINARY:
-            self.metrics.read(len(msg.data))
+            if socket._counting:  # counted on the socket: no call on the path of every frame
+                socket._frames_in += 1
+                socket._bytes_in += len(msg.data)
             return BadFrame("binary frames are not accepted: send JSON text frames")
         if msg.type is WSMsgType.ERROR:
             if getattr(msg.data, "code", None) == CloseCode.MESSAGE_TOO_BIG:
