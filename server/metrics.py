@@ -57,7 +57,7 @@ UNKNOWN = "unknown"
 # no increase to `rate()`, and the alerts (README.md, "Running in production") need them.
 REFUSALS = ("forbidden_origin", "bad_request", "unavailable", "unauthorized", "too_many_sockets")
 STORE_OPS = ("read", "write", "check")
-BACKPLANE_OPS = ("publish", "subscribe", "count", "room_size")
+BACKPLANE_OPS = ("publish", "subscribe", "count", "room_size", "replay")
 INSTALL = "pip install 'aiohttp-session-sockets[metrics]'"
 _now = time.perf_counter_ns
 
@@ -144,7 +144,7 @@ class Metrics(Probe):
     on = True
 
     def handled(self, event: str, began: int) -> None:
-        # The path of every message: kept to a few bytecodes (bench (l)).
+        # The path of every message: kept to a few bytecodes (bench (n)).
         took = _now() - began
         row = self.events.get(event) or self._row(event)
         row.buckets[took.bit_length()] += 1  # an ok is counted there only

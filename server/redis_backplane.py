@@ -135,6 +135,7 @@ class RedisBackplane(Backplane):
         try:
             await self._history.append(message.room, channel, header, message.frame)
         except (RedisUnavailable, ReplyError):
+            self.errors["publish"] += 1
             # Sent nowhere rather than to some: a room event without a position would be a
             # gap that no client can see.
             raise Unavailable("room events cannot be sent while Redis is unreachable") from None
@@ -149,6 +150,7 @@ class RedisBackplane(Backplane):
         try:
             return await self._history.replay(room, since)
         except (RedisUnavailable, ReplyError):
+            self.errors["replay"] += 1
             raise Unavailable("room history is unavailable while Redis is unreachable") from None
     def instance_key(self, instance: str) -> str:
         """The key that exists while `instance` is alive (it expires `ttl` after a crash)."""
