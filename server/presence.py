@@ -29,6 +29,8 @@ A process that dies leaves its share behind until its instance key (the backplan
 out the shares of instances whose key is gone at once, and every live process looks for
 such instances every ttl/10 and sweeps them with one script, which removes the dead
 instance from the set first, so that exactly one sweeper reports its users as `left`.
+After an outage (every key may have expired in it) a process sweeps only once the others
+had the time to reconnect and renew theirs: a live one is not reported gone.
 A process that finds its own key gone (an outage longer than the ttl, a Redis restart, a
 loop that stalled) may have been swept: it writes its whole share again, and its users
 are `joined` again. Writes that failed (Redis unreachable) are made again once it is back,
@@ -50,7 +52,7 @@ from .backplane import Backplane, Emit, Message
 from .errors import Unavailable
 from .protocol import encode_event
 from .redis_backplane import RedisBackplane
-from .redis_link import RedisUnavailable
+from .redis_link import RECONNECT_GAP, RedisUnavailable
 from .resp import ReplyError
 
 log = logging.getLogger(__name__)
@@ -436,9 +438,12 @@ class RedisPresence(Presence):
                 await self._remove(instance, dead=True)
 
     def _up(self) -> None:
-        # Back from an outage: the others renew their keys now; do not take them for dead
-        # before they had the time to.
-        self._sweep_after = time.monotonic() + self.backplane.ttl / 3
+        # Back from an outage: every key may have expired meanwhile, and the others renew
+        # theirs only once THEIR link is back, which is up to a reconnect wait (plus one
+        # attempt under way) after ours. Do not take them for dead before that: sweeping a
+        # live instance reports its users `left` (a publish it misses, being still down),
+        # and then `joined` again when it finds its key gone.
+        self._sweep_after = time.monotonic() + max(self.backplane.ttl / 3, self.link.timeout + RECONNECT_GAP)
         self._schedule_if_dirty()
 
     def _lost(self) -> None:

@@ -42,6 +42,13 @@ _ROLE = encode_command("ROLE")
 # The loop ran this much later than a liveness check was due: it was busy, not Redis
 # silent, so the check looks again shortly instead of dropping the connection.
 _LAG_GRACE = 0.1
+# Reconnecting: the first wait after a failed attempt, and the most it doubles to; each
+# wait is jittered to 0.5-1.5 times that.
+_FIRST_DELAY = 0.05
+_MAX_DELAY = 0.5
+# The longest a link waits between two attempts to reconnect. A link whose Redis is back
+# is up again within this (plus one attempt, `timeout` at most, that was under way).
+RECONNECT_GAP = _MAX_DELAY * 1.5
 
 
 class RedisUnavailable(Exception):
@@ -312,7 +319,7 @@ class RedisLink:
     # -- connecting -------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = 0.05
+        delay = _FIRST_DELAY
         while True:
             try:
                 protocol = await self._connect()
@@ -321,9 +328,9 @@ class RedisLink:
                     log.exception("unexpected failure connecting to Redis")
                 self._note_down(_describe(exc, self.timeout))
                 await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, _MAX_DELAY)
                 continue
-            delay = 0.05
+            delay = _FIRST_DELAY
             self._protocol = protocol
             self.cause = None
             if self._down_since is not None:
