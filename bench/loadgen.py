@@ -102,6 +102,10 @@ class V1:
     def is_ping(self, text: str) -> bool:
         return False
 
+    def is_aside(self, text: str) -> bool:
+        """A frame no scenario measures: the demo's presence changes, which its joins set off."""
+        return False
+
     def echo(self, n: int, data: Any) -> str:
         return _dumps({"event": "echo", "data": data, "id": n})
 
@@ -130,6 +134,9 @@ class V1:
 class Ours(V1):
     name = "ours"
     login = True
+
+    def is_aside(self, text: str) -> bool:
+        return text.startswith('{"event":"presence",')
 
 
 class Raw(V1):
@@ -197,6 +204,8 @@ async def recv_text(ws: aiohttp.ClientWebSocketResponse, proto: V1) -> str:
         if msg.type is aiohttp.WSMsgType.TEXT:
             if proto.is_ping(msg.data):
                 await ws.send_str("3")
+                continue
+            if proto.is_aside(msg.data):
                 continue
             return msg.data
         raise ScenarioError(f"socket closed: {msg.type.name} code={ws.close_code} {msg.extra or ''}")

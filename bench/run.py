@@ -264,6 +264,8 @@ class Options:
     env: dict[str, str]  # for the servers and load generators: SESSION_KEY
     soak: SoakSettings = field(default_factory=SoakSettings)
     best_speed: float = 0.0  # the fastest core_speed() seen in this run
+    keep_from: Path | None = None  # an earlier run's results JSON: its groups this run does not measure
+    kept: str = ""  # what RESULTS.md says of them
 
 
 def start_server(procs: Processes, server: Server, redis_url: str | None, env: dict[str, str]) -> Running:
@@ -764,6 +766,7 @@ def render(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Option
     lines += [
         f"* Date: {started:%Y-%m-%d %H:%M} UTC ({(finished - started).total_seconds() / 60:.1f} minutes)",
         f"* Command: `{opts.command}`",
+        *([f"* Kept from an earlier run: {opts.kept}"] if opts.kept else []),
         f"* Machine: {m['cpu']}, nproc {m['nproc']}, {m['memory']}, {m['kernel']}"
         + (f"; cpu MHz {m['mhz']}" if m["mhz"] else ""),
         "* Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
@@ -1028,6 +1031,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--retry-budget", type=float,
                    help="seconds that re-measuring noisy rounds may take in all (default 150; quick: 20)")
     p.add_argument("--output", type=Path, help="default bench/RESULTS.md (quick: bench/RESULTS-quick.md)")
+    p.add_argument("--keep-from", type=Path, metavar="JSON",
+                   help="an earlier run's bench/results-*.json: its scenario groups that this run does not "
+                        "measure are kept in RESULTS.md (which says so), e.g. to measure again what failed")
     p.add_argument("--soak-duration", type=float, help="(h): seconds of chat (default 180; quick: 20)")
     p.add_argument("--soak-rate", type=float, help="(h): chats per second, each to a room of about 50 "
                                                    "(default 200: about 10,000 deliveries per second)")
@@ -1048,7 +1054,20 @@ def parse_args(argv: list[str] | None) -> Options:
         env={"SESSION_KEY": Fernet.generate_key().decode(), "PYTHONDONTWRITEBYTECODE": "1"},
         soak=SoakSettings(duration=args.soak_duration or (20.0 if quick else 180.0),
                           rate=args.soak_rate or SoakSettings.rate),
+        keep_from=args.keep_from,
     )
+
+
+def keep(all_results: dict[str, dict[str, list[dict[str, Any]]]], opts: Options) -> None:
+    """Add the groups of `opts.keep_from` that this run did not measure."""
+    assert opts.keep_from is not None
+    earlier = json.loads(opts.keep_from.read_text())
+    kept = [name for name in earlier["results"] if name not in all_results]
+    for name in kept:
+        all_results[name] = earlier["results"][name]
+    opts.letters |= {letter for group in GROUPS if group.name in kept for letter in group.needs}
+    opts.kept = (f"the groups {', '.join(kept)} come from `{earlier['command']}`, started {earlier['started'][:16]} "
+                 f"UTC ({opts.keep_from.name}); the others were measured by this command")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1085,6 +1104,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             all_results[group.name] = run_group(group, opts, procs, redis, redis_url, env, log)
     finished = datetime.datetime.now(datetime.timezone.utc)
+    if opts.keep_from is not None:
+        keep(all_results, opts)
     code = (state, fingerprint, code_fingerprint())
     if code[1] != code[2]:
         log("warning: server/ or run.py changed during the run")
